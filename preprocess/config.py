@@ -1,0 +1,47 @@
+"""The preprocessing stage's configuration, built once at the CLI edge and saved with every output."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What to preprocess and how.
+
+    ``short_side`` is in pixels (frames are never upscaled); ``quality`` is the JPEG quality (1–100) of
+    re-encoded frames; ``shard_size`` is videos per shard (None: the dataset's default); ``max_failed`` is
+    the largest tolerated fraction of failed videos among those attempted before the run exits non-zero.
+    """
+
+    dataset: str
+    src: str
+    out: str
+    splits: tuple[str, ...] = ()
+    short_side: int | None = 128
+    quality: int = 90
+    shard_size: int | None = None
+    decoder: str = "av"
+    max_failed: float = 0.05
+    timeout_s: float = 600.0
+    address: str | None = None
+    num_cpus: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.short_side is not None and self.short_side < 16:
+            raise ValueError(f"short_side must be >= 16 pixels, got {self.short_side}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if not 0.0 <= self.max_failed <= 1.0:
+            raise ValueError(f"max_failed must be a fraction in [0, 1], got {self.max_failed}")
+
+    def output_fields(self) -> dict:
+        """The fields that determine the shards' bytes (saved in dataset.json; run-only fields left out)."""
+        d = dataclasses.asdict(self)
+        for k in ("src", "out", "splits", "address", "num_cpus", "progress", "max_failed", "timeout_s"):
+            d.pop(k)
+        return d

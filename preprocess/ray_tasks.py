@@ -1,0 +1,75 @@
+"""Ray at the edge: run shard tasks as Ray tasks on an embedded local Ray or an existing cluster.
+
+``process_shard`` is a plain function; this module only wraps it in ``ray.remote`` and streams results
+back as they finish. Ray retries system failures (a worker or node dying); per-video decode errors are
+ordinary results and are never retried.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from preprocess.shard_task import ShardTask, process_shard
+
+# Short temp path: Ray's unix socket paths break when it is long.
+RAY_TMP = "/tmp/e3dray"
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start an embedded local Ray.
+
+    Returns True when this call started Ray (and so should shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            object_store_memory=150 * 1024 * 1024,
+            _temp_dir=RAY_TMP,
+            log_to_driver=False,
+        )
+    return True
+
+
+def run_tasks_ray(tasks: Sequence[ShardTask], *, max_retries: int = 3,
+                  fn: Callable[[ShardTask], dict] = process_shard) -> Iterator[tuple[ShardTask, Any]]:
+    """Yield ``(task, record)`` as tasks finish; a task that still fails after retries yields its exception.
+
+    ``max_retries`` covers system failures (the worker process or its node dying); exceptions raised by
+    ``fn`` are not retried, since per-video decode errors are already results and anything else would fail
+    the same way again.
+    """
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(fn)
+    pending = {remote.remote(t): t for t in tasks}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            task = pending.pop(ref)
+            try:
+                yield task, ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - surfaced per shard, never loses other shards' work
+                yield task, exc
+
+
+def run_tasks_local(tasks: Sequence[ShardTask]) -> Iterator[tuple[ShardTask, Any]]:
+    """Same contract as ``run_tasks_ray``, in this process (tests, debugging)."""
+    for t in tasks:
+        try:
+            yield t, process_shard(t)
+        except Exception as exc:  # noqa: BLE001
+            yield t, exc
+
+
+Executor = Callable[[Sequence[ShardTask]], Iterator[tuple[ShardTask, Any]]]

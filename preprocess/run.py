@@ -1,0 +1,251 @@
+"""Preprocess one dataset: list → plan shards → run shard tasks → manifests → summary.
+
+The executor is pluggable: Ray tasks by default (``preprocess.ray_tasks``), in-process for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from preprocess.config import PreprocessConfig
+from preprocess.datasets import Listing, get_adapter, shard_set_name
+from preprocess.ray_tasks import Executor
+from preprocess.shard_task import ShardTask, plan_shards
+from shards import manifest as mf
+from shards import storage
+from shards.format import FORMAT_VERSION, safe_key
+
+DEFAULT_SHARD_SIZE = {"kinetics600": 100, "ucf101": 64, "jester": 1000}
+NATIVE_FPS = {"jester": 12.0}
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    split: str
+    ok: int
+    failed: int
+    missing: int
+    shards: int
+    bytes: int
+    frames: int
+
+
+@dataclass(frozen=True)
+class PreprocessSummary:
+    dataset: str
+    out: str
+    splits: tuple[SplitSummary, ...]
+    videos_ok: int  # distinct videos (a UCF-101 video is in three splits)
+    videos_failed: int
+    unlisted: int
+    shards_built: int
+    shards_skipped: int
+    shard_errors: int
+    frames_decoded: int
+    wall_s: float
+    cpu_s: float
+    failed_fraction: float
+    max_failed: float
+    failure_reasons: tuple[tuple[str, int], ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.videos_ok == 0 or self.failed_fraction > self.max_failed else 0
+
+    def format(self) -> str:
+        lines = [f"{self.dataset} → {self.out}",
+                 f"  {'split':<12}{'ok':>8}{'failed':>8}{'missing':>9}{'shards':>8}{'MB':>10}{'frames':>10}"]
+        for s in self.splits:
+            lines.append(f"  {s.split:<12}{s.ok:>8}{s.failed:>8}{s.missing:>9}{s.shards:>8}"
+                         f"{s.bytes / 1e6:>10.1f}{s.frames:>10}")
+        fps = self.frames_decoded / self.wall_s if self.wall_s > 0 else 0.0
+        lines.append(f"  unlisted files: {self.unlisted}; shards built {self.shards_built}, skipped (already done) "
+                     f"{self.shards_skipped}, task errors {self.shard_errors}")
+        lines.append(f"  decoded {self.frames_decoded} frames in {self.wall_s:.1f} s = {fps:.0f} frames/s "
+                     f"({self.cpu_s:.1f} CPU-s in tasks)")
+        for reason, n in self.failure_reasons[:8]:
+            lines.append(f"  failed x{n}: {reason}")
+        verdict = "OK" if self.exit_code == 0 else "FAILED"
+        lines.append(f"  failed fraction {self.failed_fraction:.1%} (max {self.max_failed:.1%}): {verdict}")
+        return "\n".join(lines)
+
+
+def make_tasks(cfg: PreprocessConfig) -> tuple[Listing, list[ShardTask]]:
+    adapter = get_adapter(cfg.dataset)
+    listing = adapter.list(cfg.src, cfg.splits or None)
+    _, out_base = storage.resolve(cfg.out)
+    tasks = plan_shards(
+        listing,
+        src_root=str(storage.resolve(cfg.src)[1]),
+        out_root=cfg.out if "://" in cfg.out else out_base,
+        shard_size=cfg.shard_size or DEFAULT_SHARD_SIZE.get(cfg.dataset, 100),
+        short_side=cfg.short_side,
+        quality=cfg.quality,
+        stride=adapter.stride,
+        decoder=cfg.decoder,
+        native_fps=NATIVE_FPS.get(cfg.dataset),
+        timeout_s=cfg.timeout_s,
+    )
+    return listing, tasks
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", disable=not enabled, file=sys.stderr, mininterval=0.5,
+                dynamic_ncols=True, desc="preprocess")
+
+
+def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> PreprocessSummary:
+    """Run (or resume) preprocessing of one dataset and write its shards, manifests and dataset.json."""
+    listing, tasks = make_tasks(cfg)
+    fs, base = storage.resolve(cfg.out)
+    storage.makedirs(fs, base)
+    for sub in ("shards", "records", "manifest"):
+        storage.remove_stale_temporaries(fs, storage.join(base, sub))
+
+    started_ray = False
+    if executor is None:
+        from preprocess.ray_tasks import init_ray, run_tasks_ray
+
+        started_ray = init_ray(cfg.address, cfg.num_cpus)
+        executor = run_tasks_ray
+    records: list[dict[str, Any]] = []
+    built = skipped = errors = frames_decoded = 0
+    cpu_s = 0.0
+    ok = failed = 0
+    bar = _progress(len(listing.items), cfg.progress)
+    t_run = time.monotonic()
+    try:
+        for task, result in executor(tasks):
+            if isinstance(result, BaseException):
+                errors += 1
+                result = _failed_record(task, result)
+            elif result.get("skipped"):
+                skipped += 1
+            else:
+                built += 1
+                frames_decoded += result["decoded_frames"]
+                cpu_s += result.get("cpu_s", 0.0)
+            records.append(result)
+            n_ok = sum(v["status"] == "ok" for v in result["videos"])
+            ok += n_ok
+            failed += len(result["videos"]) - n_ok
+            el = time.monotonic() - t_run
+            bar.set_postfix_str(f"ok={ok} failed={failed} {frames_decoded / max(el, 1e-9):.0f} frames/s")
+            bar.update(len(result["videos"]))
+    finally:
+        bar.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    summary_splits = write_manifests(cfg, listing, records)
+    attempted = ok + failed + sum(1 for p in listing.problems if p.status == "failed")
+    n_failed = failed + sum(1 for p in listing.problems if p.status == "failed")
+    reasons = Counter(v["reason"].split(":")[0] for r in records for v in r["videos"] if v["status"] == "failed")
+    reasons.update(p.reason.split(" (")[0] for p in listing.problems if p.status == "failed")
+    return PreprocessSummary(
+        dataset=cfg.dataset,
+        out=cfg.out,
+        splits=summary_splits,
+        videos_ok=ok,
+        videos_failed=n_failed,
+        unlisted=sum(1 for p in listing.problems if p.status == "unlisted"),
+        shards_built=built,
+        shards_skipped=skipped,
+        shard_errors=errors,
+        frames_decoded=frames_decoded,
+        wall_s=time.monotonic() - t_run,
+        cpu_s=cpu_s,
+        failed_fraction=n_failed / attempted if attempted else 0.0,
+        max_failed=cfg.max_failed,
+        failure_reasons=tuple(reasons.most_common()),
+    )
+
+
+def _failed_record(task: ShardTask, exc: BaseException) -> dict[str, Any]:
+    reason = f"shard task failed after retries: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    videos = [{"source": i.source, "key": i.key, "label": i.label, "label_index": i.label_index,
+               "splits": list(i.splits), "status": "failed", "reason": reason, "num_frames": 0,
+               "source_frames": 0, "stride": task.stride, "fps": 0.0, "width": 0, "height": 0} for i in task.items]
+    return {"shard_set": task.shard_set, "index": task.index, "shard": None, "samples": 0, "frames": 0,
+            "bytes": 0, "sha256": None, "videos": videos, "decoded_frames": 0, "skipped": False}
+
+
+def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[dict[str, Any]]
+                    ) -> tuple[SplitSummary, ...]:
+    """Write ``manifest/<split>/*.parquet`` for every split of this run, then ``dataset.json``."""
+    per_split: dict[str, mf.Manifest] = defaultdict(mf.Manifest)
+    sets_of_split: dict[str, set[str]] = defaultdict(set)
+    for rec in sorted(records, key=lambda r: (r["shard_set"], r["index"])):
+        for v in rec["videos"]:
+            for split in v["splits"]:
+                if split not in listing.splits:
+                    continue
+                per_split[split].videos.append(mf.VideoRow(
+                    key=v["key"], source=v["source"], label=v["label"], label_index=v["label_index"], split=split,
+                    shard_set=rec["shard_set"], status=v["status"], reason=v["reason"], num_frames=v["num_frames"],
+                    source_frames=v["source_frames"], stride=v["stride"], fps=v["fps"], width=v["width"],
+                    height=v["height"], shard=rec["shard"] if v["status"] == "ok" else None))
+        if rec["shard"] is None:
+            continue
+        for split in rec["shard_set"].split("+"):
+            if split in listing.splits:
+                sets_of_split[split].add(rec["shard_set"])
+                per_split[split].shards.append(mf.ShardRow(rec["shard"], rec["shard_set"], rec["samples"],
+                                                           rec["frames"], rec["bytes"], rec["sha256"]))
+    unlisted = mf.Manifest()
+    for p in listing.problems:
+        row = dict(key=safe_key(p.source), source=p.source, label=p.label,
+                   label_index=listing.classes.index(p.label) if p.label in listing.classes else -1,
+                   shard_set=shard_set_name(p.splits), status=p.status, reason=p.reason)
+        if p.status == "unlisted":
+            unlisted.videos.append(mf.VideoRow(split="unlisted", **row))
+        for split in p.splits:
+            if split in listing.splits:
+                per_split[split].videos.append(mf.VideoRow(split=split, **row))
+    summaries = []
+    for split in listing.splits:
+        m = per_split[split]
+        mf.write_split(cfg.out, split, m)
+        status = Counter(v.status for v in m.videos)
+        summaries.append(SplitSummary(split, status["ok"], status["failed"], status["missing"], len(m.shards),
+                                      sum(s.bytes for s in m.shards), sum(s.frames for s in m.shards)))
+    mf.write_split(cfg.out, "unlisted", unlisted)
+    _write_dataset_json(cfg, listing, {s: sorted(sets_of_split[s]) for s in listing.splits}, summaries)
+    return tuple(summaries)
+
+
+def _write_dataset_json(cfg: PreprocessConfig, listing: Listing, splits: dict[str, list[str]],
+                        summaries: Sequence[SplitSummary]) -> None:
+    fs, base = storage.resolve(cfg.out)
+    path = storage.join(base, "dataset.json")
+    info: dict[str, Any] = {}
+    if storage.exists(fs, path):
+        info = json.loads(storage.read_bytes(fs, path))
+        old = {k: v for k, v in info.get("config", {}).items() if k != "splits"}
+        new = {k: v for k, v in cfg.output_fields().items() if k != "splits"}
+        if info.get("dataset") != cfg.dataset or old != new or info.get("classes") != list(listing.classes):
+            info = {}  # a different dataset or settings: the earlier splits' entries no longer describe it
+    counts = dict(info.get("counts", {}))
+    counts.update({s.split: {"ok": s.ok, "failed": s.failed, "missing": s.missing, "shards": s.shards,
+                             "bytes": s.bytes, "frames": s.frames} for s in summaries})
+    all_splits = {**info.get("splits", {}), **splits}
+    info = {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.dataset,
+        "kind": listing.kind,
+        "stride": get_adapter(cfg.dataset).stride,
+        "classes": list(listing.classes),
+        "splits": dict(sorted(all_splits.items())),
+        "counts": dict(sorted(counts.items())),
+        "config": cfg.output_fields(),
+    }
+    storage.write_bytes_atomic(fs, path, json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False).encode())
