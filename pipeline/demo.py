@@ -37,7 +37,7 @@ def run_demo(workdir: str, *, fresh: bool = False) -> int:
             src, out = work / "data" / dataset, work / "shards" / dataset
             t0 = time.monotonic()
             if not (src / ".synth-done").exists():
-                generate(dataset, src, scfg)
+                generate(dataset, src, scfg, overwrite=True)
                 (src / ".synth-done").write_text("ok\n")
             t_synth = time.monotonic() - t0
             cfg = PreprocessConfig(dataset=dataset, src=str(src), out=str(out), max_failed=DEMO_MAX_FAILED,
