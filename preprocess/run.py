@@ -6,6 +6,7 @@ The executor is pluggable: Ray tasks by default (``preprocess.ray_tasks``), in-p
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -149,8 +150,8 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
     summary_splits = write_manifests(cfg, listing, records)
     attempted = ok + failed + sum(1 for p in listing.problems if p.status == "failed")
     n_failed = failed + sum(1 for p in listing.problems if p.status == "failed")
-    reasons = Counter(v["reason"].split(":")[0] for r in records for v in r["videos"] if v["status"] == "failed")
-    reasons.update(p.reason.split(" (")[0] for p in listing.problems if p.status == "failed")
+    reasons = Counter(_reason_kind(v["reason"]) for r in records for v in r["videos"] if v["status"] == "failed")
+    reasons.update(_reason_kind(p.reason) for p in listing.problems if p.status == "failed")
     return PreprocessSummary(
         dataset=cfg.dataset,
         out=cfg.out,
@@ -168,6 +169,11 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
         max_failed=cfg.max_failed,
         failure_reasons=tuple(reasons.most_common()),
     )
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its details (``unreadable container: <ffmpeg message>`` → ``unreadable container``)."""
+    return re.split(r": | \(| \[", reason, maxsplit=1)[0]
 
 
 def _failed_record(task: ShardTask, exc: BaseException) -> dict[str, Any]:

@@ -369,3 +369,42 @@ def test_ray_retries_a_dead_worker(ray_local, synth, processed, tmp_path):
     for p in out.glob("died-*"):
         p.unlink()
     assert _tree_digest(out) == _tree_digest(processed["jester"][0])
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A separate real Ray head on loopback (``ray start --head --block``), torn down with its process group."""
+    port = 6400 + os.getpid() % 500
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "head.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--temp-dir=/tmp/e3dhead"],
+            stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        assert _wait_for(lambda: b"Ray runtime started" in log.read_bytes(), proc, timeout=90), log.read_text()
+        yield f"127.0.0.1:{port}", env
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_preprocess_on_an_existing_cluster(ray_head, synth, processed, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "remote"
+    base = [sys.executable, "-m", "pipeline", "preprocess", "jester", "--src", str(synth["jester"].root),
+            "--shard-size", "3", "--max-failed", "1", "--no-progress"]
+    proc = subprocess.run([*base, "--out", str(out), "--address", address], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Started a local Ray instance" not in proc.stderr  # it joined the head instead
+    assert _tree_digest(out) == _tree_digest(processed["jester"][0])
+    out2 = tmp_path / "remote-env"
+    proc = subprocess.run([*base, "--out", str(out2)], cwd=REPO, env={**env, "RAY_ADDRESS": address},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Started a local Ray instance" not in proc.stderr, proc.stderr[-3000:]
+    assert _tree_digest(out2) == _tree_digest(processed["jester"][0])
