@@ -1,0 +1,130 @@
+"""Loader configuration: one frozen dataclass, with the per-dataset policies of the paper (section 3.2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+DATASETS = ("kinetics600", "jester", "ucf101")
+MODES = ("train", "val", "eval")
+
+#: Crop scales of the multi-scale crop, as fractions of the short side: 1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2.
+MULTISCALE = tuple(2.0 ** (-i / 4) for i in range(5))
+
+#: Datasets whose classes do not depend on left/right; Jester's do (``Swiping_Left``/``Swiping_Right``),
+#: so a flipped Jester clip would carry the wrong label. The released code flips Jester anyway (a bug).
+FLIP_SAFE = frozenset({"kinetics600", "ucf101"})
+
+#: Temporal stride in *source* frames that each dataset's clips are sampled at (paper: Jester uses 16
+#: frames out of 32). Jester shards are already stored at stride 2, so the stride left to apply at load
+#: time is ``source_stride / meta["stride"]`` stored frames.
+SOURCE_STRIDE = {"kinetics600": 1, "jester": 2, "ucf101": 1}
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Everything that determines which clips a rank gets, and how they look.
+
+    Temporal units are **stored frames** (what a shard holds). ``downsample`` is the step between the
+    frames of a clip in stored frames; when ``source_stride`` is set it overrides ``downsample`` per video
+    as ``source_stride // meta["stride"]``, so the same config reads Jester shards stored at stride 2
+    (step 1) or at full rate (step 2).
+
+    Attributes:
+        dataset: ``kinetics600``, ``jester`` or ``ucf101``; sets the flip policy.
+        mode: ``train`` (random clip, multi-scale crop, flip where allowed, shuffled), ``val`` (centre
+            clip, centre crop) or ``eval`` (every non-overlapping window of every video, centre crop).
+        clip_len: frames per clip (T).
+        downsample: step between clip frames, in stored frames.
+        source_stride: step in source frames; None uses ``downsample`` as is.
+        size: output side in pixels (H = W).
+        scales: multi-scale crop scales (fractions of the short side).
+        crop_position: ``random`` (any position) or ``corner`` (one of c/tl/tr/bl/br, the released code's
+            ``MultiScaleCornerCrop``).
+        hflip: flip with p = 0.5 in training; None takes the dataset policy, True is refused for Jester.
+        batch_size: clips per batch (per rank; the loader batches inside its workers).
+        num_workers: DataLoader worker processes per rank (0: iterate in the main process).
+        drop_last: drop the samples that do not fill a last batch; None means True in training (no
+            short batches) and False in val/eval (every video counted; the last batches are shorter).
+        shuffle_buffer: training shuffle buffer in clips (each holds only its clip's JPEG bytes).
+        seed: base seed; every random choice is a function of (seed, epoch, sample).
+        max_corrupt: corrupt samples a worker tolerates per epoch before failing, at least ...
+        max_corrupt_fraction: ... or this fraction of the worker's samples, whichever is larger.
+        fast_decode: libjpeg-turbo's fast IDCT and chroma upsampling (~7 % faster, slightly lower quality).
+        sequential_io: stream shards instead of seeking; None: seek on local disks, stream elsewhere.
+    """
+
+    dataset: str
+    mode: str = "train"
+    clip_len: int = 16
+    downsample: int = 1
+    source_stride: int | None = None
+    size: int = 112
+    scales: tuple[float, ...] = MULTISCALE
+    crop_position: str = "random"
+    hflip: bool | None = None
+    batch_size: int = 32
+    num_workers: int = 0
+    drop_last: bool | None = None
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    max_corrupt: int = 8
+    max_corrupt_fraction: float = 0.001
+    fast_decode: bool = False
+    sequential_io: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.hflip and self.dataset not in FLIP_SAFE:
+            raise ValueError(f"hflip=True is refused for {self.dataset}: its classes include left/right "
+                             "gestures, so a flipped clip would carry the wrong label")
+        for name in ("clip_len", "downsample", "size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.source_stride is not None and self.source_stride < 1:
+            raise ValueError(f"source_stride must be >= 1, got {self.source_stride}")
+        if self.num_workers < 0 or self.shuffle_buffer < 0 or self.max_corrupt < 0:
+            raise ValueError("num_workers, shuffle_buffer and max_corrupt must be >= 0")
+        if not self.scales or not all(0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be in (0, 1], got {self.scales}")
+        if self.crop_position not in ("random", "corner"):
+            raise ValueError(f"crop_position must be 'random' or 'corner', got {self.crop_position!r}")
+        if not 0 <= self.max_corrupt_fraction <= 1:
+            raise ValueError("max_corrupt_fraction must be within [0, 1]")
+
+    @classmethod
+    def for_dataset(cls, dataset: str, mode: str = "train", **overrides) -> LoaderConfig:
+        """The paper's settings for a dataset: 16-frame clips at the dataset's source stride, 112 px."""
+        overrides.setdefault("source_stride", SOURCE_STRIDE.get(dataset))
+        return cls(dataset=dataset, mode=mode, **overrides)
+
+    def replace(self, **changes) -> LoaderConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def flip(self) -> bool:
+        """Whether training clips are flipped with p = 0.5 (never outside training, never for Jester)."""
+        if self.mode != "train":
+            return False
+        return self.dataset in FLIP_SAFE if self.hflip is None else self.hflip
+
+    @property
+    def workers(self) -> int:
+        """Streams per rank: ``num_workers``, or 1 when the main process iterates."""
+        return max(1, self.num_workers)
+
+    @property
+    def drops_last(self) -> bool:
+        return self.mode == "train" if self.drop_last is None else self.drop_last
+
+    def step_for(self, stored_stride: int) -> int:
+        """Step between clip frames in stored frames, for a video stored at ``stored_stride``."""
+        if self.source_stride is None:
+            return self.downsample
+        if stored_stride < 1 or self.source_stride % stored_stride:
+            raise ValueError(f"a video stored at stride {stored_stride} cannot give clips at source stride "
+                             f"{self.source_stride}; set source_stride=None and choose downsample")
+        return self.source_stride // stored_stride
