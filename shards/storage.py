@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from typing import IO
 import pyarrow.fs as pafs
 
 TMP_MARK = ".tmp-"
+OBJECT_STORES = ("s3", "gcs")
 
 
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -42,6 +45,8 @@ def size(fs: pafs.FileSystem, path: str) -> int | None:
 
 
 def makedirs(fs: pafs.FileSystem, path: str) -> None:
+    if fs.type_name in OBJECT_STORES:
+        return  # object stores have no directories; a bucket must already exist
     fs.create_dir(path, recursive=True)
 
 
@@ -67,11 +72,21 @@ class _HashingWriter:
 def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[_HashingWriter]:
     """Open ``path`` for writing; it appears under its name only if the block completes.
 
-    Yields a writer with ``.sha256`` and ``.nbytes`` of everything written. On error the temporary file
-    is removed and the destination is untouched.
+    Yields a writer with ``.sha256`` and ``.nbytes`` of everything written. On error nothing appears at
+    ``path``. Local filesystems get a temporary name next to the destination and a rename. On object stores
+    (a rename there is a copy, and an interrupted upload stream may still be published when it is closed)
+    the data is spooled to a local temporary file and uploaded once complete.
     """
     parent = path.rsplit("/", 1)[0]
     makedirs(fs, parent)
+    if fs.type_name in OBJECT_STORES:
+        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+            writer = _HashingWriter(spool)
+            yield writer
+            spool.seek(0)
+            with fs.open_output_stream(path) as out:
+                shutil.copyfileobj(spool, out, 8 << 20)
+        return
     tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     stream = fs.open_output_stream(tmp)
     writer = _HashingWriter(stream)
