@@ -98,3 +98,26 @@ def test_interrupted_upload_publishes_nothing(s3):
         out.write(b"whole")
     assert storage.read_bytes(fs, path) == b"whole"
     assert out.sha256.hexdigest() == hashlib.sha256(b"whole").hexdigest()
+
+
+def test_loader_streams_training_clips_from_s3(s3, tmp_path):
+    from training.data import ClipLoader, ClipStream, LoaderConfig, shard_specs
+
+    src = tmp_path / "jester"
+    generate("jester", src, SynthConfig(num_classes=2, videos_per_class=3, seed=2, bad_inputs=False))
+    uri = f"s3://{BUCKET}/jester"
+    local = tmp_path / "local"
+    for out in (uri, str(local)):
+        preprocess(PreprocessConfig(dataset="jester", src=str(src), out=out, shard_size=4, progress=False),
+                   executor=run_tasks_local)
+    cfg = LoaderConfig.for_dataset("jester", "train", batch_size=2, num_workers=0, seed=5)
+
+    def batches(root):
+        loader = ClipLoader(ClipStream(shard_specs(root, "train", videos=False), cfg, rank=0, world_size=1))
+        loader.set_epoch(0)
+        return [(b["keys"], b["clips"]) for b in loader]
+
+    remote, here = batches(uri), batches(str(local))
+    assert len(remote) == len(here) > 0
+    for (k1, c1), (k2, c2) in zip(remote, here, strict=True):
+        assert list(k1) == list(k2) and bool((c1 == c2).all())
