@@ -80,6 +80,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report
+
+    md, png = build_report(args.root)
+    print(f"wrote {md} and {png}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
@@ -130,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=("models",))
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("report", help="rebuild a sweep's Markdown report and accuracy/MFLOPs plot")
+    s.add_argument("root", help="sweep output directory holding results.parquet")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="the main job end to end on synthetic data with a local Ray")
     s.add_argument("--workdir", default="/tmp/e3d-demo")
