@@ -1,0 +1,300 @@
+"""Load and check the cluster configurations in ``cluster/`` the way Ray and KubeRay read them.
+
+Launcher YAMLs (``ray up``/``ray submit``) go through Ray's own code path: ``prepare_config()`` (merges the
+provider's ``defaults.yaml``, folds ``setup_commands`` into the head and worker lists, fills min/max
+workers) and then ``validate_config()`` (``jsonschema`` against the ``ray-schema.json`` shipped inside the
+installed ``ray`` package, plus Ray's cross-field checks). That is what ``ray up`` runs before it touches a
+cloud API; nothing here needs ssh or credentials.
+
+KubeRay manifests (``RayCluster``, ``RayJob``) have no schema in the ray package, so
+:func:`kuberay_problems` checks their structure: API version, kind, ``rayVersion`` equal to the installed
+Ray, a head group, worker groups with GPU limits, one image everywhere, the shared data volume mounted
+at the same path on every pod, and an entrypoint for a ``RayJob``.
+
+This module never imports ``pipeline`` (see ``tests/test_layering.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CLUSTER_DIR = Path(__file__).resolve().parent
+REPO_ROOT = CLUSTER_DIR.parent
+LAUNCHER_YAMLS = ("local.yaml", "aws-gpu.yaml")
+KUBERAY_MANIFESTS = ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml")
+
+KUBERAY_API_VERSION = "ray.io/v1"
+KUBERAY_KINDS = ("RayCluster", "RayJob")
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Keys that Ray fills from the provider's defaults.yaml when a config leaves them out. Ray's AWS defaults
+# install a nightly Ray wheel in ``setup_commands``, so a config of ours must say every one of them itself.
+MUST_NOT_INHERIT = ("setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
+                    "worker_start_ray_commands", "file_mounts")
+
+
+class ClusterConfigError(ValueError):
+    """A cluster configuration that Ray (or our structural check) rejects."""
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The single YAML document in ``path``."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def ray_schema_path() -> Path:
+    """The JSON schema of launcher YAMLs that ships inside the installed ``ray`` package."""
+    import ray.autoscaler
+
+    path = Path(ray.autoscaler.__file__).resolve().parent / "ray-schema.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is ray installed with its autoscaler?")
+    return path
+
+
+def prepare_launcher_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Ray's own check of a launcher config: ``prepare_config()`` then ``validate_config()``.
+
+    Returns the prepared config (defaults merged, setup commands folded in). Raises
+    :class:`ClusterConfigError` with Ray's message when Ray rejects it.
+    """
+    import click
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    if not isinstance(config, Mapping):
+        raise ClusterConfigError(f"a launcher config is a mapping, not {type(config).__name__}")
+    try:
+        prepared = prepare_config(copy.deepcopy(dict(config)))
+        validate_config(prepared)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ClusterConfigError(f"ray-schema.json: {where}: {exc.message}") from exc
+    except click.ClickException as exc:  # prepare_config aborts through Ray's cli_logger
+        raise ClusterConfigError(exc.format_message()) from exc
+    except (KeyError, TypeError, AssertionError, RuntimeError, ValueError) as exc:  # Ray fails on these too
+        raise ClusterConfigError(f"{type(exc).__name__}: {exc}") from exc
+    return prepared
+
+
+def validate_launcher_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a launcher YAML and run Ray's check on it; returns the prepared config."""
+    try:
+        return prepare_launcher_config(load_yaml(path))
+    except ClusterConfigError as exc:
+        raise ClusterConfigError(f"{path}: {exc}") from exc
+
+
+def launcher_problems(raw: Mapping[str, Any], *, code_mount: str = "~/efficient3d", env_dir: str = "~/e3d-venv",
+                      local_root: str | Path = REPO_ROOT, require_gpu_workers: bool = False) -> list[str]:
+    """What this project needs from a launcher YAML beyond Ray's schema; empty when all is there.
+
+    ``raw`` is the YAML as written (before ``prepare_config``). Checked: no command list or file mount is
+    inherited from Ray's provider defaults; the code is mounted at ``code_mount`` from a local directory
+    holding ``pyproject.toml`` (relative paths resolve against ``local_root``, the directory ``ray up`` is
+    run from); every node installs ffmpeg with apt-get, installs the project editable into ``env_dir`` and
+    puts ``env_dir/bin`` first on the login shell's PATH (``ray submit`` runs ``python <script>`` there);
+    with ``require_gpu_workers``, some worker node type declares GPUs.
+    """
+    problems = [f"{key}: not set, so Ray's provider default is used" for key in MUST_NOT_INHERIT if key not in raw]
+    mounts = raw.get("file_mounts") or {}
+    local = mounts.get(code_mount)
+    if local is None:
+        problems.append(f"file_mounts: nothing mounted at {code_mount}")
+    else:
+        src = Path(str(local)).expanduser()
+        src = src if src.is_absolute() else Path(local_root) / src
+        if not (src / "pyproject.toml").is_file():
+            problems.append(f"file_mounts: {code_mount} <- {local} has no pyproject.toml (relative to {local_root})")
+
+    env_home = env_dir.replace("~", "$HOME", 1)
+    common = list(raw.get("setup_commands") or [])
+    for role in ("head", "worker"):
+        commands = "\n".join(common + list(raw.get(f"{role}_setup_commands") or []))
+        if not re.search(r"apt-get[^\n]* install[^\n]*\bffmpeg\b", commands):
+            problems.append(f"{role} setup: ffmpeg is not installed with apt-get")
+        if not re.search(rf"pip install[^\n]* -e {re.escape(code_mount)}(\s|$)", commands):
+            problems.append(f"{role} setup: the project is not installed with pip install -e {code_mount}")
+        path_line = f'export PATH="{env_home}/bin:$PATH"'
+        if not any(path_line in c and ".bashrc" in c for c in commands.splitlines()):
+            problems.append(f"{role} setup: {path_line} is not added to ~/.bashrc")
+
+    if require_gpu_workers:
+        head = raw.get("head_node_type")
+        gpu_types = [name for name, nt in (raw.get("available_node_types") or {}).items()
+                     if name != head and (nt.get("resources") or {}).get("GPU", 0) > 0]
+        if not gpu_types:
+            problems.append("available_node_types: no worker node type declares GPU resources")
+    return problems
+
+
+def _containers(template: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    return list(((template or {}).get("spec") or {}).get("containers") or [])
+
+
+def _pvc_mounts(template: Mapping[str, Any] | None) -> set[tuple[str, str]]:
+    """``(claimName, mountPath)`` of every PersistentVolumeClaim the pod's first container mounts."""
+    spec = (template or {}).get("spec") or {}
+    claims = {v.get("name"): v["persistentVolumeClaim"].get("claimName")
+              for v in spec.get("volumes") or [] if v.get("persistentVolumeClaim")}
+    containers = _containers(template)
+    mounts = containers[0].get("volumeMounts") or [] if containers else []
+    return {(claims[m.get("name")], m.get("mountPath")) for m in mounts if m.get("name") in claims}
+
+
+def _quantity(value: Any) -> float:
+    """A Kubernetes quantity as a number (only the plain integers a GPU count uses)."""
+    try:
+        return float(str(value))
+    except ValueError:
+        return -1.0
+
+
+def kuberay_problems(doc: Mapping[str, Any], *, ray_version: str | None = None,
+                     require_gpu: bool = True) -> list[str]:
+    """Structural problems of a KubeRay ``RayCluster`` or ``RayJob`` manifest; empty when none.
+
+    ``ray_version`` defaults to the installed ray's; the manifest's ``rayVersion`` must equal it.
+    """
+    if ray_version is None:
+        import ray
+
+        ray_version = ray.__version__
+    if not isinstance(doc, Mapping):
+        return [f"a manifest is a mapping, not {type(doc).__name__}"]
+    problems: list[str] = []
+    if doc.get("apiVersion") != KUBERAY_API_VERSION:
+        problems.append(f"apiVersion is {doc.get('apiVersion')!r}, not {KUBERAY_API_VERSION!r}")
+    kind = doc.get("kind")
+    if kind not in KUBERAY_KINDS:
+        return [*problems, f"kind is {kind!r}, not one of {', '.join(KUBERAY_KINDS)}"]
+    meta = doc.get("metadata") or {}
+    if not (meta.get("name") or meta.get("generateName")):
+        problems.append("metadata: no name")
+    spec = doc.get("spec")
+    if not isinstance(spec, Mapping):
+        return [*problems, "spec: missing"]
+
+    if kind == "RayJob":
+        entrypoint = spec.get("entrypoint")
+        if not isinstance(entrypoint, str) or not entrypoint.strip():
+            problems.append("spec.entrypoint: missing")
+        if "clusterSelector" in spec:  # runs on an existing RayCluster, which is checked on its own
+            return problems
+        cluster = spec.get("rayClusterSpec")
+        prefix = "spec.rayClusterSpec"
+        if not isinstance(cluster, Mapping):
+            return [*problems, f"{prefix}: missing (and no clusterSelector)"]
+    else:
+        cluster, prefix = spec, "spec"
+
+    if str(cluster.get("rayVersion")) != ray_version:
+        problems.append(f"{prefix}.rayVersion is {cluster.get('rayVersion')!r}, the installed ray is {ray_version!r}")
+
+    head = cluster.get("headGroupSpec")
+    if not isinstance(head, Mapping):
+        return [*problems, f"{prefix}.headGroupSpec: missing"]
+    images: set[str] = set()
+    head_containers = _containers(head.get("template"))
+    if not head_containers:
+        problems.append(f"{prefix}.headGroupSpec.template.spec.containers: none")
+    else:
+        images.add(str(head_containers[0].get("image") or ""))
+    if not isinstance(head.get("rayStartParams", {}), Mapping):
+        problems.append(f"{prefix}.headGroupSpec.rayStartParams: not a mapping")
+    head_mounts = _pvc_mounts(head.get("template"))
+
+    groups = cluster.get("workerGroupSpecs")
+    if not isinstance(groups, list) or not groups:
+        return [*problems, f"{prefix}.workerGroupSpecs: none"]
+    gpu_groups = []
+    names = set()
+    for i, g in enumerate(groups):
+        where = f"{prefix}.workerGroupSpecs[{i}]"
+        if not isinstance(g, Mapping):
+            problems.append(f"{where}: not a mapping")
+            continue
+        name = g.get("groupName")
+        if not name:
+            problems.append(f"{where}.groupName: missing")
+        elif name in names:
+            problems.append(f"{where}.groupName: {name!r} twice")
+        names.add(name)
+        counts = {k: g.get(k) for k in ("replicas", "minReplicas", "maxReplicas")}
+        if not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+            problems.append(f"{where}: replicas, minReplicas and maxReplicas must be integers >= 0, got {counts}")
+        elif not counts["minReplicas"] <= counts["replicas"] <= counts["maxReplicas"]:
+            problems.append(f"{where}: needs minReplicas <= replicas <= maxReplicas, got {counts}")
+        if not isinstance(g.get("rayStartParams", {}), Mapping):
+            problems.append(f"{where}.rayStartParams: not a mapping")
+        containers = _containers(g.get("template"))
+        if not containers:
+            problems.append(f"{where}.template.spec.containers: none")
+            continue
+        images.add(str(containers[0].get("image") or ""))
+        limits = (containers[0].get("resources") or {}).get("limits") or {}
+        if GPU_RESOURCE in limits:
+            if _quantity(limits[GPU_RESOURCE]) < 1:
+                problems.append(f"{where}: {GPU_RESOURCE} limit {limits[GPU_RESOURCE]!r} is not a count >= 1")
+            else:
+                gpu_groups.append(name)
+        missing = head_mounts - _pvc_mounts(g.get("template"))
+        if missing:
+            problems.append(f"{where}: does not mount the head's shared volume(s) {sorted(missing)} at the same path")
+    if require_gpu and not gpu_groups:
+        problems.append(f"{prefix}.workerGroupSpecs: no group with a {GPU_RESOURCE} limit")
+    if "" in images:
+        problems.append(f"{prefix}: a Ray container has no image")
+    elif len(images) > 1:
+        problems.append(f"{prefix}: head and workers use different images {sorted(images)}; code and Python must match")
+    return problems
+
+
+def validate_kuberay_manifest(path: str | Path, *, ray_version: str | None = None,
+                              require_gpu: bool = True) -> dict[str, Any]:
+    """Load a KubeRay manifest and raise :class:`ClusterConfigError` listing every structural problem."""
+    doc = load_yaml(path)
+    problems = kuberay_problems(doc, ray_version=ray_version, require_gpu=require_gpu)
+    if problems:
+        raise ClusterConfigError(f"{path}: " + "; ".join(problems))
+    return doc
+
+
+def check_all(root: str | Path = CLUSTER_DIR, *, names: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """Every configuration under ``root``: ``{relative path: problems}`` (Ray's error counts as one)."""
+    root = Path(root)
+    results: dict[str, list[str]] = {}
+    for name in names or (*LAUNCHER_YAMLS, *KUBERAY_MANIFESTS):
+        path = root / name
+        if name in LAUNCHER_YAMLS:
+            try:
+                validate_launcher_yaml(path)
+                problems = launcher_problems(load_yaml(path), require_gpu_workers=name != "local.yaml")
+            except ClusterConfigError as exc:
+                problems = [str(exc)]
+        else:
+            problems = kuberay_problems(load_yaml(path))
+        results[name] = problems
+    return results
+
+
+def main() -> int:
+    """``python -m cluster.configs``: check every configuration in ``cluster/``; non-zero on any problem."""
+    bad = 0
+    for name, problems in check_all().items():
+        print(f"{name}: {'OK' if not problems else ''}")
+        for p in problems:
+            print(f"  {p}")
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

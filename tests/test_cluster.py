@@ -1,0 +1,423 @@
+"""Cluster configurations (cluster/): the launcher YAMLs pass Ray's own check and broken copies fail it, the
+KubeRay manifests have the structure KubeRay needs, the documented commands parse, and — against a real
+local head on loopback — `ray submit`'s command and a Jobs API submission both preprocess a dataset."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray
+
+from cluster import configs
+from cluster.configs import ClusterConfigError, kuberay_problems, launcher_problems, prepare_launcher_config
+from pipeline.cli import build_parser
+from preprocess.synth import SynthConfig, generate
+from shards.manifest import verify
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+LAUNCHERS = {"local": CLUSTER / "local.yaml", "aws-gpu": CLUSTER / "aws-gpu.yaml"}
+RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
+RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
+VENV_BIN = Path(sys.executable).parent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launcher YAMLs: Ray's prepare_config() + validate_config()
+
+
+def test_the_schema_is_the_one_ray_uses():
+    import json
+
+    from ray.autoscaler._private import util
+
+    path = configs.ray_schema_path()
+    assert path.parent == Path(util.__file__).resolve().parents[1]  # ray/autoscaler/ray-schema.json
+    schema = json.loads(path.read_text())
+    assert "available_node_types" in schema["properties"] and schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHERS))
+def test_launcher_yaml_passes_rays_own_check(name):
+    raw = configs.load_yaml(LAUNCHERS[name])
+    prepared = configs.validate_launcher_yaml(LAUNCHERS[name])
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    # prepare_config folded the common setup into both roles, as `ray up` will run it.
+    for role in ("head", "worker"):
+        assert prepared[f"{role}_setup_commands"][: len(raw["setup_commands"])] == raw["setup_commands"]
+    assert launcher_problems(raw, require_gpu_workers=name == "aws-gpu") == []
+    if name == "local":
+        assert prepared["provider"]["worker_ips"] and prepared["provider"]["head_ip"]
+    else:
+        gpus = {n: t["resources"].get("GPU", 0) for n, t in prepared["available_node_types"].items()}
+        assert gpus[prepared["head_node_type"]] == 0 and max(gpus.values()) >= 8
+        assert prepared["available_node_types"]["head"]["resources"] == {"CPU": 0}
+
+
+def test_the_check_leaves_the_callers_config_alone():
+    config = configs.load_yaml(LAUNCHERS["aws-gpu"])
+    before = copy.deepcopy(config)
+    prepare_launcher_config(config)
+    assert config == before
+
+
+BREAKAGES = {
+    # caught by ray-schema.json (additionalProperties / types / required)
+    "misspelled top-level key": lambda c: c.__setitem__("max_worker", 4),
+    "provider without a type": lambda c: c["provider"].pop("type"),
+    "setup commands not a list": lambda c: c.__setitem__("setup_commands", "apt-get install ffmpeg"),
+    "node type without node_config": lambda c: c["available_node_types"]["gpu-1x"].pop("node_config"),
+    "fractional GPU count": lambda c: c["available_node_types"]["gpu-1x"]["resources"].__setitem__("GPU", 0.5),
+    "unknown key in a node type": lambda c: c["available_node_types"]["gpu-1x"].__setitem__("min_worker", 1),
+    # caught by Ray's cross-field checks
+    "head type not a node type": lambda c: c.__setitem__("head_node_type", "gpu-head"),
+    "min_workers above max_workers": lambda c: c["available_node_types"]["gpu-1x"].__setitem__("min_workers", 99),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_a_broken_aws_yaml_fails_rays_check(breakage):
+    config = configs.load_yaml(LAUNCHERS["aws-gpu"])
+    prepare_launcher_config(config)  # the intact copy passes
+    BREAKAGES[breakage](config)
+    with pytest.raises(ClusterConfigError):
+        prepare_launcher_config(config)
+
+
+@pytest.mark.parametrize("breakage", ["no worker_ips", "no head_ip", "node types on-prem", "misspelled key"])
+def test_a_broken_local_yaml_fails_rays_check(breakage):
+    config = configs.load_yaml(LAUNCHERS["local"])
+    prepare_launcher_config(config)
+    if breakage == "no worker_ips":
+        config["provider"].pop("worker_ips")
+    elif breakage == "no head_ip":
+        config["provider"].pop("head_ip")
+    elif breakage == "node types on-prem":  # the local provider has exactly one, its own
+        config["available_node_types"] = {"gpu": {"resources": {"GPU": 1}, "node_config": {}}}
+    else:
+        config["file_mount"] = config.pop("file_mounts")
+    with pytest.raises(ClusterConfigError):
+        prepare_launcher_config(config)
+
+
+def test_without_our_command_lists_ray_would_install_its_nightly_wheel():
+    """Why launcher_problems insists on every command list: Ray's AWS defaults fill in what is missing."""
+    config = configs.load_yaml(LAUNCHERS["aws-gpu"])
+    del config["setup_commands"]
+    prepared = prepare_launcher_config(config)  # Ray itself is happy...
+    assert any("ray-wheels" in c for c in prepared["head_setup_commands"])  # ...with a nightly Ray on the head
+    assert "setup_commands: not set, so Ray's provider default is used" in launcher_problems(config)
+
+
+@pytest.mark.parametrize("breakage", ["no ffmpeg", "no editable install", "env not on PATH", "code not mounted",
+                                      "mount of a dir without the project", "no GPU workers"])
+def test_launcher_problems_catch_a_missing_project_step(breakage):
+    config = configs.load_yaml(LAUNCHERS["aws-gpu"])
+    assert launcher_problems(config, require_gpu_workers=True) == []
+    setup = config["setup_commands"]
+    if breakage == "no ffmpeg":
+        setup[0] = setup[0].replace(" ffmpeg", "")
+    elif breakage == "no editable install":
+        config["setup_commands"] = [c.replace(" -e ~/efficient3d", " ray[default]") for c in setup]
+    elif breakage == "env not on PATH":
+        config["setup_commands"] = [c for c in setup if ".bashrc" not in c]
+    elif breakage == "code not mounted":
+        config["file_mounts"] = {}
+    elif breakage == "mount of a dir without the project":
+        config["file_mounts"] = {"~/efficient3d": "./cluster"}
+    else:
+        for t in config["available_node_types"].values():
+            t["resources"].pop("GPU", None)
+    assert launcher_problems(config, require_gpu_workers=True), breakage
+
+
+def test_the_yamls_agree_on_what_every_node_runs():
+    local, aws = (configs.load_yaml(p) for p in (LAUNCHERS["local"], LAUNCHERS["aws-gpu"]))
+    assert local["setup_commands"] == aws["setup_commands"]
+    assert local["file_mounts"] == aws["file_mounts"] == {"~/efficient3d": "."}
+    # ray submit's driver runs on the head: there, and only there, RAY_ADDRESS defaults to the local cluster.
+    for cfg in (local, aws):
+        assert any("RAY_ADDRESS" in c for c in cfg["head_setup_commands"])
+        assert not any("RAY_ADDRESS" in c for c in cfg["setup_commands"] + cfg["worker_setup_commands"])
+
+
+def test_check_all_reports_every_configuration_clean():
+    assert configs.check_all() == {name: [] for name in (*configs.LAUNCHER_YAMLS, *configs.KUBERAY_MANIFESTS)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KubeRay manifests
+
+
+@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB], ids=["raycluster", "rayjob"])
+def test_kuberay_manifest_structure(path):
+    doc = configs.validate_kuberay_manifest(path)
+    assert doc["apiVersion"] == "ray.io/v1"
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    assert spec["rayVersion"] == ray.__version__
+    gpu = [g for g in spec["workerGroupSpecs"]
+           if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    assert gpu
+
+
+def test_rayjob_runs_the_raycluster_spec_and_our_cli():
+    cluster, job = configs.load_yaml(RAYCLUSTER), configs.load_yaml(RAYJOB)
+    assert (cluster["kind"], job["kind"]) == ("RayCluster", "RayJob")
+    assert job["spec"]["rayClusterSpec"] == cluster["spec"], "rayjob.yaml drifted from raycluster.yaml"
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "pipeline"]
+    args = build_parser().parse_args(argv[3:])
+    assert (args.command, args.dataset) == ("preprocess", "kinetics600")
+    assert args.src.startswith("/data/") and args.out.startswith("/data/")  # on the shared volume
+
+
+def test_the_shared_volume_and_the_image():
+    pvc = configs.load_yaml(CLUSTER / "kuberay" / "pvc.yaml")
+    assert pvc["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in pvc["spec"]["accessModes"]
+    head = configs.load_yaml(RAYCLUSTER)["spec"]["headGroupSpec"]["template"]
+    assert (pvc["metadata"]["name"], "/data") in configs._pvc_mounts(head)
+    dockerfile = (CLUSTER / "kuberay" / "Dockerfile").read_text()
+    base = re.search(r"^FROM rayproject/ray:(\S+?)-py3\d+-gpu$", dockerfile, re.M)
+    assert base and base.group(1) == ray.__version__
+    pin = re.search(r'"ray\[default\]==([^"]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin and pin.group(1) == ray.__version__
+    assert re.search(r"apt-get install[^\n]*ffmpeg", dockerfile) and "pip install --no-cache-dir -e" in dockerfile
+
+
+KUBERAY_BREAKAGES = {
+    "old apiVersion": lambda d: d.__setitem__("apiVersion", "ray.io/v1alpha1"),
+    "unknown kind": lambda d: d.__setitem__("kind", "RayService2"),
+    "rayVersion of another ray": lambda d: d["spec"].__setitem__("rayVersion", "2.9.0"),
+    "no headGroupSpec": lambda d: d["spec"].pop("headGroupSpec"),
+    "no worker groups": lambda d: d["spec"].__setitem__("workerGroupSpecs", []),
+    "no GPU limit": lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"][
+        "limits"].pop("nvidia.com/gpu"),
+    "zero GPUs": lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"][
+        "limits"].__setitem__("nvidia.com/gpu", "0"),
+    "replicas above max": lambda d: d["spec"]["workerGroupSpecs"][0].__setitem__("replicas", 99),
+    "two images": lambda d: d["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].__setitem__(
+        "image", "rayproject/ray:2.60.0"),
+    "worker without the data volume": lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"][
+        "containers"][0]["volumeMounts"].pop(0),
+    "no containers": lambda d: d["spec"]["headGroupSpec"]["template"]["spec"].__setitem__("containers", []),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(KUBERAY_BREAKAGES))
+def test_a_broken_raycluster_is_caught(breakage):
+    doc = configs.load_yaml(RAYCLUSTER)
+    assert kuberay_problems(doc) == []
+    KUBERAY_BREAKAGES[breakage](doc)
+    assert kuberay_problems(doc), breakage
+
+
+@pytest.mark.parametrize("breakage", ["no entrypoint", "empty entrypoint", "no cluster", "broken cluster spec"])
+def test_a_broken_rayjob_is_caught(breakage):
+    doc = configs.load_yaml(RAYJOB)
+    assert kuberay_problems(doc) == []
+    if breakage == "no entrypoint":
+        doc["spec"].pop("entrypoint")
+    elif breakage == "empty entrypoint":
+        doc["spec"]["entrypoint"] = "  "
+    elif breakage == "no cluster":
+        doc["spec"].pop("rayClusterSpec")
+    else:
+        doc["spec"]["rayClusterSpec"]["rayVersion"] = "1.0.0"
+    assert kuberay_problems(doc), breakage
+    # an existing cluster chosen by clusterSelector stands in for rayClusterSpec
+    if breakage == "no cluster":
+        doc["spec"]["clusterSelector"] = {"ray.io/cluster": "efficient3d"}
+        assert kuberay_problems(doc) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The documented commands
+
+
+def _readme_commands(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(("ray ", "kubectl ", "docker "))]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "cluster/README.md"])
+def test_documented_cluster_commands_name_real_files_and_parse(doc):
+    commands = _readme_commands((REPO / doc).read_text())
+    assert any(c.startswith("ray submit cluster/aws-gpu.yaml pipeline/cli.py preprocess kinetics600") for c in commands)
+    assert any(c.startswith("ray job submit --address http://") and " --working-dir . -- python -m pipeline " in c
+               for c in commands)
+    assert any(c.startswith("kubectl apply -f cluster/kuberay/") for c in commands)
+    parser = build_parser()
+    for c in commands:
+        argv = shlex.split(c.split(" #")[0])
+        for path in (a for a in argv if a.startswith("cluster/")):
+            assert (REPO / path).exists(), f"{doc}: {c!r} names {path}, which does not exist"
+        if argv[:2] == ["ray", "submit"]:
+            rest = argv[argv.index("pipeline/cli.py") + 1:]
+        elif argv[:3] == ["ray", "job", "submit"]:
+            rest = argv[argv.index("--") + 1:]
+            assert rest[:3] == ["python", "-m", "pipeline"], c
+            rest = rest[3:]
+        else:
+            continue
+        parser.parse_args(rest)  # exits (fails the test) on an option the CLI does not have
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A real head on loopback: `ray submit`'s command and the Jobs API
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(cond, proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A real Ray head with its dashboard (Jobs API) on loopback, in its own process group.
+
+    Token auth is off on both sides (RAY_AUTH_MODE=disabled); the project's environment is first on the
+    head's PATH, as the launcher YAMLs arrange on a cluster. Torn down with SIGKILL to its process group —
+    never `ray stop`, which would stop every Ray on this machine.
+    """
+    gcs, dash = _free_port(), _free_port()
+    temp_dir = f"/tmp/e3dhead2-{os.getpid()}"  # short: Ray's unix socket paths break when it is long
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=1",
+             f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+             f"--temp-dir={temp_dir}"],
+            stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{dash}"
+        assert _wait_for(lambda: _answers(f"{url}/api/version"), proc, timeout=90), log.read_text()[-3000:]
+        yield {"gcs": f"127.0.0.1:{gcs}", "url": url, "env": env, "log": log}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def jester(tmp_path_factory):
+    return generate("jester", tmp_path_factory.mktemp("src") / "jester",
+                    SynthConfig(num_classes=2, videos_per_class=2, seed=0))
+
+
+def _check_shards(out: Path, report) -> None:
+    result = verify(str(out))
+    assert result.ok, result.problems
+    expected = sum(1 for it in report.items if it.expect == "ok")
+    assert result.shards_checked >= 1 and result.samples_checked == expected
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_jobs_api_preprocesses_on_the_head(head, jester, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    out = tmp_path / "shards"
+    sid = f"e3d-preprocess-{os.getpid()}-{time.monotonic_ns()}"
+    client_env = {**head["env"], "PATH": os.environ.get("PATH", "")}
+    # The README's form: `ray job submit --address http://HEAD:8265 --working-dir . -- python -m pipeline ...`
+    proc = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", head["url"], "--submission-id", sid,
+         "--working-dir", ".", "--", "python", "-m", "pipeline", "preprocess", "jester", "--src", str(jester.root),
+         "--out", str(out), "--max-failed", "1", "--no-progress"],
+        cwd=REPO, env=client_env, capture_output=True, text=True, timeout=240)
+    client = JobSubmissionClient(head["url"])
+    logs = client.get_job_logs(sid)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs[-3000:]
+    info = client.get_job_info(sid)
+    assert info.status == JobStatus.SUCCEEDED
+    assert info.runtime_env["working_dir"].startswith("gcs://")  # the repository was uploaded with the job
+    assert "Connecting to existing Ray cluster" in logs  # the driver joined the head
+    assert re.search(r"failed fraction .*: OK", logs), logs[-3000:]
+    _check_shards(out, jester)
+    # the e3d verify command agrees
+    check = subprocess.run([sys.executable, "-m", "pipeline", "verify", str(out)], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0 and " OK" in check.stdout, check.stdout + check.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_submit_runs_the_uploaded_cli_in_the_heads_login_shell(head, jester, tmp_path, monkeypatch):
+    """`ray submit cluster/aws-gpu.yaml pipeline/cli.py preprocess ...` with only its ssh steps replaced.
+
+    Ray's own `submit` command builds the remote command; the head is emulated by a fresh HOME holding only
+    the uploaded script, the environment at ~/e3d-venv and a ~/.bashrc written by the YAML's own setup
+    commands; the command then runs in Ray's login-shell wrapper, as ssh would run it, with no venv on PATH.
+    """
+    from click.testing import CliRunner
+    from ray.autoscaler._private.command_runner import _with_interactive
+    from ray.scripts import scripts
+
+    calls = {}
+    monkeypatch.setattr(scripts, "rsync", lambda cfg, src, dst, *a, **kw: calls.update(cfg=cfg, src=src, dst=dst))
+    monkeypatch.setattr(scripts, "exec_cluster", lambda cfg, *a, cmd=None, **kw: calls.update(cmd=cmd))
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "shards"
+    result = CliRunner().invoke(scripts.submit, [
+        "cluster/aws-gpu.yaml", "pipeline/cli.py", "preprocess", "jester", "--src", str(jester.root), "--out",
+        str(out), "--max-failed", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert calls["src"] == "pipeline/cli.py" and calls["dst"] == "~/cli.py"
+    assert calls["cmd"].startswith("python ~/cli.py preprocess jester --src ")
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / calls["src"], home / Path(calls["dst"]).name)  # only the script is uploaded
+    (home / "e3d-venv").symlink_to(VENV_BIN.parent)  # what the YAML's uv commands build
+    bare_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                if p and Path(p).resolve() != VENV_BIN.resolve()) or "/usr/bin:/bin"
+    env = {**head["env"], "HOME": str(home), "PATH": bare_path, "RAY_ADDRESS": head["gcs"]}
+    prepared = configs.validate_launcher_yaml(LAUNCHERS["aws-gpu"])
+    for c in prepared["head_setup_commands"]:
+        if ".bashrc" in c:  # the PATH and RAY_ADDRESS lines; the rest needs sudo and the network
+            subprocess.run(["bash", "-c", c], env=env, check=True, timeout=30)
+    bashrc = (home / ".bashrc").read_text()
+    assert 'export PATH="$HOME/e3d-venv/bin:$PATH"' in bashrc and "RAY_ADDRESS" in bashrc
+
+    remote = " ".join(_with_interactive(calls["cmd"]))  # what ssh hands to the head's shell
+    proc = subprocess.run(remote, shell=True, executable="/bin/bash", cwd=home, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in proc.stderr, proc.stderr[-3000:]  # joined the head
+    assert re.search(r"failed fraction .*: OK", proc.stdout), proc.stdout[-3000:]
+    _check_shards(out, jester)
