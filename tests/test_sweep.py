@@ -1,0 +1,79 @@
+"""Sweeps: several architectures trained and evaluated on one set of shards under one Ray driver, with the
+Table 8 report and plot, skipping finished trials and resuming unfinished ones on a rerun."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.sweep import SweepConfig, TrialSpec, load_grid, run_sweep, table8_grid
+from preprocess.config import PreprocessConfig
+from preprocess.ray_tasks import run_tasks_local
+from preprocess.run import preprocess
+from preprocess.synth import SynthConfig, generate
+
+TINY = {"epochs": 1, "clip_len": 8, "size": 32, "batch_size": 4, "loader_workers": 0, "max_steps_per_epoch": 2}
+
+
+def test_table8_grid_has_the_17_configurations():
+    names = [t.name for t in table8_grid()]
+    assert len(names) == 17 == len(set(names))
+    assert {"shufflenetv2_1.0x", "mobilenetv2_0.45x", "squeezenet1_1"} <= set(names)
+
+
+def test_user_grid_is_a_cross_product_with_checked_keys(tmp_path):
+    g = tmp_path / "grid.yaml"
+    g.write_text("base: {epochs: 3}\nmodels: [shufflenetv2, mobilenetv2]\nwidths: [0.25, 0.5]\n"
+                 "overrides: [{lr: 0.1}, {lr: 0.01}]\ntrials: [{model: squeezenet1_1, dropout: 0.5}]\n")
+    trials, base = load_grid(str(g))
+    assert base == {"epochs": 3} and len(trials) == 2 * 2 * 2 + 1
+    assert trials[0] == TrialSpec("shufflenetv2_w0.25_v0", "shufflenetv2", {"width_mult": 0.25}, {"lr": 0.1})
+    assert trials[-1].model == "squeezenet1_1" and trials[-1].overrides == {"dropout": 0.5}
+    g.write_text("models: [x]\nbogus: 1\n")
+    with pytest.raises(ValueError, match="unknown grid keys"):
+        load_grid(str(g))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_of_three_models_on_shared_shards(ray_local, tmp_path):
+    src, shards = tmp_path / "jester", tmp_path / "shards"
+    generate("jester", src, SynthConfig(num_classes=2, videos_per_class=4, seed=4, bad_inputs=False))
+    preprocess(PreprocessConfig(dataset="jester", src=str(src), out=str(shards), shard_size=4, progress=False),
+               executor=run_tasks_local)
+    before = sorted(p.stat().st_mtime_ns for p in shards.rglob("*.tar"))
+    trials = (TrialSpec("shufflenetv2_0.25x", "shufflenetv2_0.25x"), TrialSpec("mobilenetv2_0.2x", "mobilenetv2_0.2x"),
+              TrialSpec("shufflenetv1_g2", "shufflenetv1", {"width_mult": 1.0, "groups": 2}))
+    out = tmp_path / "sweep"
+    cfg = SweepConfig(dataset="jester", shards=str(shards), out=str(out), trials=trials, base=TINY,
+                      workers_per_trial=1, max_concurrent=2, speed_iters=1)
+    logs: list[str] = []
+    results = run_sweep(cfg, log=logs.append)
+    assert [r.status for r in results] == ["finished"] * 3, results
+    assert all(0.0 <= r.video_top1 <= 1.0 and r.params > 0 and r.mflops > 0 for r in results)
+    assert all(r.decode_cpu_s_per_clip > 0 and r.train_clips > 0 for r in results)
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted(r["trial"] for r in table) == sorted(t.name for t in trials)
+    report = (out / "report.md").read_text()
+    assert all(t.model in report for t in trials) and "| Model | MFLOPs | Params |" in report
+    assert (out / "accuracy_vs_mflops.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="shufflenetv1_g7"):  # a bad trial is refused before anything runs
+        run_sweep(SweepConfig(dataset="jester", shards=str(shards), out=str(tmp_path / "bad"), base=TINY,
+                              trials=(TrialSpec("shufflenetv1_g7", "shufflenetv1", {"groups": 7}),)))
+    # the shards were read, never rewritten
+    assert sorted(p.stat().st_mtime_ns for p in shards.rglob("*.tar")) == before
+
+    # rerun: finished trials are skipped; an unfinished one (no trial.json) resumes from its run directory
+    (out / "trials" / "mobilenetv2_0.2x" / "trial.json").unlink()
+    logs.clear()
+    again = run_sweep(cfg, log=logs.append)
+    assert sum("skipped" in line for line in logs) == 2
+    assert [r.status for r in again] == ["finished"] * 3
+    resumed = json.loads((out / "trials" / "mobilenetv2_0.2x" / "metrics.json").read_text())
+    assert resumed.get("resumed_at_step", 0) > 0
+    assert not math.isnan(again[1].video_top1)
+    assert Path(out / "sweep.json").exists()
