@@ -62,20 +62,31 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1x1 -> BN -> ReLU -> 3x3x3 (stride) -> BN -> ReLU -> 1x1x1 -> BN, plus shortcut, ReLU.
-    Output channels = ``4 * planes``."""
+    """1x1x1 -> BN -> ReLU -> 3x3x3 (stride, ``groups``) -> BN -> ReLU -> 1x1x1 -> BN, plus shortcut, ReLU.
+
+    Output channels ``expansion * planes``; inner width ``mid`` (default ``planes``). ResNet uses it with
+    expansion 4; ResNeXt with expansion 2, grouped convs and its own inner width (same state-dict keys).
+    """
 
     expansion = 4
 
     def __init__(
-        self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        mid: int | None = None,
+        groups: int = 1,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = nn.Conv3d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm3d(planes)
-        self.conv3 = nn.Conv3d(planes, planes * self.expansion, 1, bias=False)
+        mid = planes if mid is None else mid
+        self.conv1 = nn.Conv3d(in_channels, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(mid)
+        self.conv2 = nn.Conv3d(mid, mid, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm3d(mid)
+        self.conv3 = nn.Conv3d(mid, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
