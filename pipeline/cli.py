@@ -91,7 +91,114 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    return run_demo(args.workdir, fresh=args.fresh)
+    return run_demo(args.workdir, fresh=args.fresh, train=not args.no_train)
+
+
+def _model_kwargs(pairs: list[str] | None) -> dict:
+    import json
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--model-arg needs KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _train_config(args: argparse.Namespace):
+    from training.config import TrainConfig
+
+    overrides = {k: v for k, v in {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "clip_len": args.clip_len, "size": args.size, "loader_workers": args.loader_workers, "seed": args.seed,
+        "train_split": args.train_split, "val_split": args.val_split, "dropout": args.dropout,
+        "checkpoint_every_steps": args.checkpoint_every, "profile_steps": args.profile,
+        "normalization": args.normalization, "weight_decay": args.weight_decay,
+        "max_steps_per_epoch": args.max_steps_per_epoch, "schedule": args.schedule,
+    }.items() if v is not None}
+    if args.milestones is not None:
+        overrides["milestones"] = tuple(int(m) for m in args.milestones.split(",") if m)
+    if args.model_arg:
+        overrides["model_kwargs"] = _model_kwargs(args.model_arg)
+    if args.no_final_eval:
+        overrides["final_eval"] = False
+    overrides["use_gpu"] = args.gpu
+    if args.command == "finetune" or args.finetune:
+        if not args.pretrained:
+            raise ValueError("fine-tuning needs --pretrained CKPT")
+        return TrainConfig.finetune_preset(args.dataset, args.shards, args.out, pretrained=args.pretrained,
+                                           pretrained_format=args.pretrained_format, **overrides)
+    if args.pretrained:
+        overrides.update(pretrained=args.pretrained, pretrained_format=args.pretrained_format)
+    return TrainConfig.for_dataset(args.dataset, args.shards, args.out, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.loop import NonFiniteLossError
+    from training.ray_train import run_training
+
+    cfg = _train_config(args)
+    try:
+        m = run_training(cfg, workers=args.workers, max_failures=args.max_failures, address=args.address,
+                         resume=args.resume, num_cpus=args.num_cpus)
+    except NonFiniteLossError as exc:
+        print(f"e3d {args.command}: {exc}", file=sys.stderr)
+        return 3
+    print(f"{cfg.model} on {cfg.dataset}: {m['epochs']} epochs, {m['step']} steps; "
+          f"video top1 {m.get('eval_video_top1', float('nan')):.3f} top5 {m.get('eval_video_top5', float('nan')):.3f}"
+          f"; checkpoints: last {m['checkpoint']}, best {m['best_checkpoint']}; metrics {cfg.out}/metrics.json")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from training.ray_train import run_evaluation
+
+    m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
+                       batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
+    print(f"{m['split']}: {m['eval_videos']} videos, {m['eval_clips']} clips: video top1 {m['eval_video_top1']:.4f} "
+          f"top5 {m['eval_video_top5']:.4f}, clip top1 {m['eval_clip_top1']:.4f}; predictions {m.get('predictions')}")
+    return 0
+
+
+def _add_train_args(s: argparse.ArgumentParser, finetune: bool) -> None:
+    s.add_argument("--dataset", choices=DATASETS, default="ucf101" if finetune else None, required=not finetune)
+    s.add_argument("--shards", required=True, help="preprocessed dataset root")
+    s.add_argument("--out", required=True, help="run directory (Ray storage_path/name); rerun with --resume")
+    s.add_argument("--model", default=None, help="registry name (default shufflenetv2_1.0x); see `e3d models`")
+    s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="builder option, e.g. width_mult=0.5")
+    s.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    s.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int, help="global batch (default 128), split across workers")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--weight-decay", type=float)
+    s.add_argument("--schedule", choices=("plateau", "multistep", "constant"))
+    s.add_argument("--milestones", help="comma-separated epochs for --schedule multistep")
+    s.add_argument("--dropout", type=float)
+    s.add_argument("--clip-len", type=int, help="frames per clip (default 16)")
+    s.add_argument("--size", type=int, help="crop side in pixels (default 112)")
+    s.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (default 2)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--train-split")
+    s.add_argument("--val-split")
+    s.add_argument("--normalization", help="normalisation preset (paper, released-kinetics600, imagenet, ...)")
+    s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    s.add_argument("--max-steps-per-epoch", type=int)
+    s.add_argument("--no-final-eval", action="store_true")
+    s.add_argument("--profile", type=int, metavar="N", help="torch.profiler trace of N steps (tensorboard plugin)")
+    s.add_argument("--pretrained", help="checkpoint to start from (ours or a released one)")
+    s.add_argument("--pretrained-format", choices=("auto", "ours", "released"), default="auto")
+    if not finetune:
+        s.add_argument("--finetune", choices=("last-layer",), help="freeze all but a new head (needs --pretrained)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--max-failures", type=int, default=1, help="worker failures survived (restart from checkpoint)")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    s.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray")
+    s.set_defaults(func=cmd_train, finetune=finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("root", help="sweep output directory holding results.parquet")
     s.set_defaults(func=cmd_report)
 
+    s = sub.add_parser("train", help="train a model with Ray Train (DDP), paper defaults per dataset")
+    _add_train_args(s, finetune=False)
+
+    s = sub.add_parser("finetune", help="fine-tune the last layer from a Kinetics-600 checkpoint (section 3.2)")
+    _add_train_args(s, finetune=True)
+
+    s = sub.add_parser("eval", help="video-level top-1/top-5 of a checkpoint (all non-overlapping windows)")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--shards", required=True)
+    s.add_argument("--out", required=True, help="folder for predictions_<split>.parquet and eval_<split>.json")
+    s.add_argument("--split", default=None, help="default: the validation split of the checkpoint's dataset")
+    s.add_argument("--workers", type=int, default=1, help="1: in this process; more: Ray Train workers")
+    s.add_argument("--batch-size", type=int, default=16, help="clips per batch per worker")
+    s.add_argument("--gpu", action="store_true")
+    s.add_argument("--address", default=None)
+    s.add_argument("--num-cpus", type=int, default=None)
+    s.set_defaults(func=cmd_eval)
+
     s = sub.add_parser("demo", help="the main job end to end on synthetic data with a local Ray")
     s.add_argument("--workdir", default="/tmp/e3d-demo")
     s.add_argument("--fresh", action="store_true", help="delete the workdir first")
+    s.add_argument("--no-train", action="store_true", help="preprocessing only (skip training and evaluation)")
     s.set_defaults(func=cmd_demo)
     return p
 

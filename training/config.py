@@ -1,0 +1,186 @@
+"""Training configuration: one frozen dataclass holding the paper's recipe (section 3.2), every field overridable.
+
+Two presets, built from arguments only in the CLI:
+
+* :meth:`TrainConfig.for_dataset` — training from scratch (Kinetics-600, Jester): SGD with momentum 0.9 and
+  dampening 0.9 (the released code's optimizer: the momentum buffer is an EMA of gradients, so the effective
+  step is ~lr·g, not 10·lr·g), weight decay 1e-3 on every parameter, lr 0.1, ReduceLROnPlateau ×0.1 on the
+  validation loss at most three times, global batch 128 split across workers, dropout 0.2 before the
+  classifier, cross-entropy.
+* :meth:`TrainConfig.finetune` — UCF-101 from a Kinetics-600 checkpoint: every layer frozen except a new
+  head, dropout 0.9, lr 0.01 divided by 10 after epochs 30 and 45, 60 epochs.
+
+Units: ``batch_size`` is clips per optimizer step summed over all workers; ``clip_len`` frames; ``size``
+pixels (H = W); epochs and milestones count completed epochs (0-based epoch ``e`` runs with the lr after
+``e`` scheduler steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DATASETS = ("kinetics600", "jester", "ucf101")
+
+#: (train split, validation split) per dataset, as named in the shard manifests.
+DEFAULT_SPLITS = {"kinetics600": ("train", "val"), "jester": ("train", "validation"), "ucf101": ("train1", "test1")}
+
+SCHEDULES = ("plateau", "multistep", "constant")
+FINETUNE_MODES = ("none", "last-layer")
+PRETRAINED_FORMATS = ("auto", "ours", "released")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; stored in every checkpoint (``to_dict``) so a run can be rebuilt.
+
+    Attributes:
+        dataset: ``kinetics600``, ``jester`` or ``ucf101`` (loader policies: flip, temporal stride).
+        shards: root of the preprocessed dataset (``dataset.json`` + manifests), local path or URI.
+        out: run directory for TensorBoard events, metrics JSON, predictions and (direct calls) checkpoints.
+        model: registry name (``training.models.list_models()``); ``model_kwargs`` go to its builder.
+        train_split, val_split: manifest split names; None takes :data:`DEFAULT_SPLITS`.
+        epochs: epochs to train (the released default is 250).
+        batch_size: global clips per step, divided evenly among the workers.
+        lr, momentum, dampening, weight_decay, nesterov: ``torch.optim.SGD`` settings.
+        schedule: ``plateau`` (ReduceLROnPlateau on the validation loss), ``multistep`` (×``lr_gamma`` after
+            each epoch in ``milestones``) or ``constant``.
+        lr_gamma: factor per lr reduction (both schedules).
+        plateau_patience: epochs without improvement before a reduction (the released ``lr_patience``).
+        plateau_max_reductions: the lr is never reduced below ``lr · lr_gamma ** plateau_max_reductions``.
+        milestones: epochs after which the multistep schedule reduces the lr.
+        dropout: dropout before the classifier; None keeps the builder's default (ResNets take none).
+        clip_len, size: frames per clip and side in pixels (16 and 112 in the paper; smaller for CPU runs).
+        loader_workers: DataLoader worker processes per training worker (0: decode in the training process).
+        seed: seeds model init, the loader's sampling and dropout.
+        val_every: validate (one centre clip per video) every N epochs; the plateau schedule steps on it.
+        final_eval: after training, evaluate every non-overlapping window of every validation video.
+        checkpoint_every_steps: also checkpoint mid-epoch every N optimizer steps (0: only at epoch ends).
+        max_steps_per_epoch: cut epochs short (smoke tests); None runs the loader's full epoch.
+        pretrained: checkpoint to start from; ``pretrained_format`` says whose (``auto`` guesses from the file).
+        finetune: ``last-layer`` freezes every layer except a freshly initialised head (``none``: all train).
+        normalization: a :mod:`training.data.normalize` preset; None picks the dataset's (or the released
+            checkpoint's) convention.
+        use_gpu: CUDA (bf16 autocast, cudnn.benchmark, NCCL) instead of CPU (gloo).
+        amp: bf16 autocast on GPU (ignored on CPU).
+        channels_last: ``channels_last_3d`` memory format for model and input.
+        log_every: steps between TensorBoard training scalars.
+        profile_steps: record a torch.profiler trace of this many steps (0: off).
+        fault: testing only — ``raise@N`` raises on rank 0 at global step N, once per run directory;
+            ``nan@N`` makes the loss NaN at step N.
+    """
+
+    dataset: str
+    shards: str
+    out: str
+    model: str = "shufflenetv2_1.0x"
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    train_split: str | None = None
+    val_split: str | None = None
+    epochs: int = 250
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    dampening: float = 0.9
+    weight_decay: float = 1e-3
+    nesterov: bool = False
+    schedule: str = "plateau"
+    lr_gamma: float = 0.1
+    plateau_patience: int = 10
+    plateau_max_reductions: int = 3
+    milestones: tuple[int, ...] = ()
+    dropout: float | None = 0.2
+    clip_len: int = 16
+    size: int = 112
+    loader_workers: int = 2
+    seed: int = 0
+    val_every: int = 1
+    final_eval: bool = True
+    checkpoint_every_steps: int = 0
+    max_steps_per_epoch: int | None = None
+    pretrained: str | None = None
+    pretrained_format: str = "auto"
+    finetune: str = "none"
+    normalization: str | None = None
+    use_gpu: bool = False
+    amp: bool = True
+    channels_last: bool = True
+    log_every: int = 10
+    profile_steps: int = 0
+    fault: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
+        if self.pretrained_format not in PRETRAINED_FORMATS:
+            raise ValueError(f"pretrained_format must be one of {PRETRAINED_FORMATS}")
+        if self.finetune != "none" and not self.pretrained:
+            raise ValueError(f"finetune={self.finetune!r} needs a pretrained checkpoint")
+        for name in ("epochs", "batch_size", "clip_len", "size", "val_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 < self.lr_gamma < 1:
+            raise ValueError("need lr > 0, weight_decay >= 0 and 0 < lr_gamma < 1")
+        if self.nesterov and self.dampening != 0:
+            raise ValueError("SGD with nesterov needs dampening 0 (the released code sets it so)")
+        if self.fault is not None and not (self.fault.partition("@")[0] in ("raise", "nan")
+                                           and self.fault.partition("@")[2].isdigit()):
+            raise ValueError(f"fault must be 'raise@STEP' or 'nan@STEP', got {self.fault!r}")
+        # Normalise containers so that to_dict/from_dict round-trips and the object stays comparable.
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+
+    # -- presets ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def for_dataset(cls, dataset: str, shards: str, out: str, **overrides: Any) -> TrainConfig:
+        """Training from scratch with the paper's defaults (section 3.2); ``overrides`` replace any field."""
+        return cls(dataset=dataset, shards=shards, out=out, **overrides)
+
+    @classmethod
+    def finetune_preset(cls, dataset: str, shards: str, out: str, pretrained: str, **overrides: Any
+                        ) -> TrainConfig:
+        """Fine-tuning from a Kinetics-600 checkpoint (section 3.2): new head only, dropout 0.9, lr 0.01 ÷10
+        after epochs 30 and 45, 60 epochs."""
+        preset: dict[str, Any] = {"finetune": "last-layer", "dropout": 0.9, "lr": 0.01, "schedule": "multistep",
+                                  "milestones": (30, 45), "epochs": 60}
+        preset.update(overrides)
+        return cls(dataset=dataset, shards=shards, out=out, pretrained=pretrained, **preset)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    @property
+    def splits(self) -> tuple[str, str]:
+        train, val = DEFAULT_SPLITS[self.dataset]
+        return self.train_split or train, self.val_split or val
+
+    def per_worker_batch(self, world_size: int) -> int:
+        """Clips per step on each worker; the global batch must split evenly so every worker does equal work."""
+        if self.batch_size % world_size:
+            raise ValueError(f"global batch_size {self.batch_size} does not split evenly over {world_size} "
+                             "workers; pick a multiple of the worker count")
+        return self.batch_size // world_size
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values only (checkpoints are read with ``weights_only=True``)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        d["model_kwargs"] = dict(self.model_kwargs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**{k: (tuple(v) if k == "milestones" else v) for k, v in d.items()})

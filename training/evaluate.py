@@ -1,0 +1,246 @@
+"""Evaluation: clip-level and video-level accuracy, distributed, every video counted exactly once.
+
+Protocol (the released ``test.py`` + ``video_accuracy.py``, section 4 of the paper): every non-overlapping
+``clip_len``-frame window of a video is classified with a centre crop (loader mode ``eval``); the softmax
+scores of a video's windows are averaged and the video's top-1/top-5 come from that average. Clip accuracy
+counts each window on its own. In loader mode ``val`` (one centre clip per video, the per-epoch validation
+and the Jester protocol) the two coincide.
+
+Distribution: the loader gives every rank the same number of batches and marks padding with ``valid =
+False``; a video's windows may be split over ranks. Each rank sums the softmax scores per video key over its
+*valid* clips; the per-rank tables are gathered and added, so a window is counted once however the ranks
+split the work. The window count of every video is checked against what its frame count implies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.data import ClipLoader, ClipNormalizer, LoaderConfig, ShardSpec
+from training.data.sampling import num_windows
+
+
+class EvalCountError(RuntimeError):
+    """A video got more clips than its frame count allows (a duplicate) — the exact-once guarantee broke."""
+
+
+@dataclass
+class EvalResult:
+    """Metrics (fractions in [0, 1]; loss in nats per clip) and, when requested, per-video predictions.
+
+    ``predictions`` rows: ``key`` (str), ``label`` (int), ``pred`` (int, top-1 class), ``top5`` (list of int),
+    ``score`` (float, averaged softmax score of ``pred``), ``clips`` (int, windows averaged).
+    """
+
+    videos: int
+    clips: int
+    video_top1: float
+    video_top5: float
+    clip_top1: float
+    clip_top5: float
+    loss: float
+    incomplete_videos: int = 0
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        keys = ("videos", "clips", "video_top1", "video_top5", "clip_top1", "clip_top5", "loss",
+                "incomplete_videos")
+        return {prefix + k: getattr(self, k) for k in keys}
+
+
+def expected_clips(specs: Sequence[ShardSpec], cfg: LoaderConfig) -> dict[str, int]:
+    """Clips per video key that a correct ``val``/``eval`` pass yields: 1 per video (``val``), or the number
+    of non-overlapping windows (``eval``)."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        if spec.videos is None:
+            raise ValueError(f"{spec.url}: shard spec has no per-video list (use shard_specs(videos=True))")
+        for key, num_frames, stride in spec.videos:
+            out[key] = 1 if cfg.mode == "val" else num_windows(num_frames, cfg.clip_len, cfg.step_for(stride))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormalizer, device: torch.device, *,
+             num_classes: int, expected: Mapping[str, int] | None = None, amp: bool = False,
+             with_predictions: bool = False) -> EvalResult:
+    """Run one ``val`` or ``eval`` pass of ``loader`` through ``model`` on every rank and combine the ranks.
+
+    Args:
+        model: maps normalised ``(B, 3, T, S, S)`` float clips to ``(B, num_classes)`` logits; it is put in
+            eval mode (and left there).
+        loader: a ``val``/``eval`` mode :class:`ClipLoader` of this rank.
+        normalizer: uint8 → model input, on ``device``.
+        expected: clips per video key (:func:`expected_clips`); a video with more clips raises
+            :class:`EvalCountError`, one with fewer (a corrupt sample) is counted in ``incomplete_videos``.
+        amp: bf16 autocast (CUDA only).
+        with_predictions: fill ``predictions`` (on every rank; callers write them from rank 0).
+
+    Returns:
+        The same :class:`EvalResult` on every rank.
+    """
+    if loader.dataset.cfg.mode == "train":
+        raise ValueError("evaluate needs a 'val' or 'eval' mode loader")
+    model.eval()
+    scores: dict[str, np.ndarray] = {}  # key -> (C,) float64 sum of softmax scores over the video's clips
+    counts: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    clip_stats = torch.zeros(4, dtype=torch.float64)  # clips, top1 hits, top5 hits, loss sum
+    k = min(5, num_classes)
+    use_amp = amp and device.type == "cuda"
+    for batch in loader:
+        valid = batch["valid"]
+        if not bool(valid.any()):
+            continue  # all padding: nothing to count (every rank still iterates the same number of batches)
+        x = batch["clips"].to(device, non_blocking=True)
+        y = batch["labels"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(normalizer(x))
+        logits = logits.float()
+        vmask = valid.to(device)
+        probs = logits.softmax(dim=1)
+        topk = logits.topk(k, dim=1).indices
+        hit1 = (topk[:, 0] == y) & vmask
+        hitk = (topk == y[:, None]).any(dim=1) & vmask
+        loss = F.cross_entropy(logits[vmask], y[vmask], reduction="sum")
+        clip_stats += torch.tensor([float(vmask.sum()), float(hit1.sum()), float(hitk.sum()), float(loss)],
+                                   dtype=torch.float64)
+        probs_np = probs.double().cpu().numpy()
+        for i in np.flatnonzero(valid.numpy()):
+            key = batch["keys"][i]
+            if key in scores:
+                scores[key] += probs_np[i]
+                counts[key] += 1
+            else:
+                scores[key] = probs_np[i].copy()
+                counts[key] = 1
+                labels[key] = int(batch["labels"][i])
+
+    # -- combine ranks: every rank gets every rank's per-video sums, then adds them up.
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if world > 1:
+        torch.distributed.all_reduce(clip_stats)
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, (scores, counts, labels))
+    else:
+        gathered = [(scores, counts, labels)]
+    tot_scores: dict[str, np.ndarray] = {}
+    tot_counts: dict[str, int] = {}
+    tot_labels: dict[str, int] = {}
+    for s, c, lab in gathered:
+        for key, v in s.items():
+            if key in tot_scores:
+                tot_scores[key] = tot_scores[key] + v
+                tot_counts[key] += c[key]
+            else:
+                tot_scores[key], tot_counts[key], tot_labels[key] = v, c[key], lab[key]
+
+    incomplete = 0
+    if expected is not None:
+        over = {key: (n, expected.get(key, 0)) for key, n in tot_counts.items() if n > expected.get(key, 0)}
+        if over:
+            sample = ", ".join(f"{key}: {n} > {e}" for key, (n, e) in list(over.items())[:5])
+            raise EvalCountError(f"{len(over)} video(s) got more clips than they have windows ({sample})")
+        incomplete = sum(1 for key, e in expected.items() if tot_counts.get(key, 0) < e)
+
+    v_top1 = v_top5 = 0
+    preds: list[dict[str, Any]] = []
+    for key in sorted(tot_scores):
+        avg = tot_scores[key] / tot_counts[key]
+        order = np.argsort(-avg, kind="stable")[:k]
+        label = tot_labels[key]
+        v_top1 += int(order[0] == label)
+        v_top5 += int(label in order)
+        if with_predictions:
+            preds.append({"key": key, "label": label, "pred": int(order[0]), "top5": [int(c) for c in order],
+                          "score": float(avg[order[0]]), "clips": int(tot_counts[key])})
+    n_videos = len(tot_scores)
+    n_clips, c1, c5, loss_sum = clip_stats.tolist()
+    return EvalResult(
+        videos=n_videos, clips=int(n_clips),
+        video_top1=v_top1 / max(n_videos, 1), video_top5=v_top5 / max(n_videos, 1),
+        clip_top1=c1 / max(n_clips, 1), clip_top5=c5 / max(n_clips, 1), loss=loss_sum / max(n_clips, 1),
+        incomplete_videos=incomplete, predictions=preds,
+    )
+
+
+def write_predictions(path: str | os.PathLike, predictions: Sequence[Mapping[str, Any]],
+                      class_names: Sequence[str] | None = None) -> Path:
+    """Write per-video predictions as Parquet (``.parquet``) or JSON lines (anything else), atomically.
+
+    Adds ``label_name``/``pred_name`` columns when ``class_names`` is given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in predictions]
+    if class_names is not None:
+        for r in rows:
+            r["label_name"] = class_names[r["label"]] if 0 <= r["label"] < len(class_names) else None
+            r["pred_name"] = class_names[r["pred"]]
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    else:
+        import json
+
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None, split: str | None = None,
+                        batch_size: int = 16, use_gpu: bool = False, device: torch.device | None = None,
+                        mode: str = "eval", loader_workers: int = 0) -> dict[str, Any]:
+    """Evaluate one of our checkpoints on a split with the protocol of this module, on this rank.
+
+    Dataset, clip length, crop size, normalisation and class names come from the checkpoint's training
+    config. Runs on every rank of an initialised process group (each evaluates its share) or alone.
+    Rank 0 writes ``out/predictions_<split>.parquet`` and ``out/eval_<split>.json``.
+
+    Returns the metrics (:meth:`EvalResult.metrics`, prefix ``eval_``) plus ``split`` and ``predictions``.
+    """
+    import json
+
+    from shards.manifest import read_dataset_info
+    from training.checkpoints import load_checkpoint
+    from training.config import TrainConfig
+    from training.data import ClipStream, normalization_for, shard_specs
+
+    device = device or (torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu"))
+    model, ckpt = load_checkpoint(checkpoint, map_location=device)
+    extra = ckpt.get("extra") or {}
+    if "train_config" not in extra:
+        raise ValueError(f"{checkpoint}: no training config inside; evaluate it with training.evaluate.evaluate")
+    tcfg = TrainConfig.from_dict(extra["train_config"])
+    classes = list(read_dataset_info(shards)["classes"])
+    if extra.get("classes") and list(extra["classes"]) != classes:
+        raise ValueError(f"{shards} has classes {classes}, the checkpoint was trained on {extra['classes']}")
+    split = split or tcfg.splits[1]
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    lcfg = LoaderConfig.for_dataset(tcfg.dataset, mode, clip_len=tcfg.clip_len, size=tcfg.size,
+                                    batch_size=batch_size, num_workers=loader_workers)
+    specs = shard_specs(shards, split, videos=True)
+    loader = ClipLoader(ClipStream(specs, lcfg), pin_memory=device.type == "cuda")
+    normalizer = ClipNormalizer(normalization_for(tcfg.dataset, checkpoint=extra.get("normalization")),
+                                channels_last=tcfg.channels_last).to(device)
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    r = evaluate(model, loader, normalizer, device, num_classes=len(classes), expected=expected_clips(specs, lcfg),
+                 amp=tcfg.amp, with_predictions=rank == 0)
+    result: dict[str, Any] = {**r.metrics("eval_"), "split": split, "checkpoint": str(checkpoint)}
+    if rank == 0 and out is not None:
+        result["predictions"] = str(write_predictions(Path(out) / f"predictions_{split}.parquet", r.predictions,
+                                                      classes))
+        (Path(out) / f"eval_{split}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    return result

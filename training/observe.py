@@ -1,0 +1,140 @@
+"""Observability of a training run: TensorBoard scalars, a console line per epoch, a final metrics JSON and an
+optional torch.profiler trace. Only rank 0 writes; on other ranks every method is a no-op, so the training loop
+calls them unconditionally.
+
+Files under the run directory ``out``::
+
+    tensorboard/events.out.tfevents.*     scalars (see :class:`Observer`)
+    profile/*.pt.trace.json               torch.profiler trace (open with torch-tb-profiler: tensorboard --logdir)
+    metrics.json                          final metrics and run summary
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class Observer:
+    """Rank-0 reporting.
+
+    Scalars written (tag: unit):
+        ``train/loss`` (mean cross-entropy, nats), ``train/top1``, ``train/top5`` (fractions of clips),
+        ``train/lr``, ``train/clips_per_s`` (all workers together, wall clock), ``train/data_wait_frac``
+        (fraction of step wall time spent waiting for the next batch), ``val/loss``, ``val/top1``,
+        ``val/top5``, ``eval/video_top1``, ``eval/video_top5``, ``eval/clip_top1``. The x axis is the
+        global optimizer step.
+    """
+
+    def __init__(self, out: str, *, enabled: bool, print_fn=print):
+        self.enabled = enabled
+        self.out = Path(out)
+        self.print = print_fn
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        for tag, v in values.items():
+            if v is not None and math.isfinite(float(v)):
+                self.writer.add_scalar(tag, float(v), step)
+
+    def epoch_line(self, epoch: int, epochs: int, step: int, train: Mapping[str, float],
+                   val: Mapping[str, float] | None, lr: float) -> None:
+        """One console line per epoch (the progress report)."""
+        if not self.enabled:
+            return
+        line = (f"epoch {epoch + 1}/{epochs} step {step}: loss {train['loss']:.4f} top1 {train['top1']:.3f} "
+                f"lr {lr:.2e} {train['clips_per_s']:.1f} clips/s data-wait {train['data_wait_frac']:.0%}")
+        if val:
+            line += f" | val loss {val['loss']:.4f} top1 {val['top1']:.3f} top5 {val['top5']:.3f}"
+        self.print(line, flush=True)
+
+    def write_json(self, name: str, payload: Mapping[str, Any]) -> Path | None:
+        """Write ``out/name`` atomically (temporary file + rename)."""
+        if not self.enabled:
+            return None
+        path = self.out / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=float) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Meter:
+    """Running sums of one training epoch's statistics (per rank; reduced with :meth:`reduced`)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = 0.0  # sum over clips of the per-clip loss (nats)
+        self.top1 = 0
+        self.top5 = 0
+        self.clips = 0
+        self.wait_s = 0.0  # wall seconds spent waiting for batches
+        self.step_s = 0.0  # wall seconds of whole steps (wait included)
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: float, top1: int, top5: int, clips: int, wait_s: float, step_s: float) -> None:
+        self.loss_sum += loss * clips
+        self.top1 += top1
+        self.top5 += top5
+        self.clips += clips
+        self.wait_s += wait_s
+        self.step_s += step_s
+
+    def reduced(self, world_size: int) -> dict[str, float]:
+        """Statistics over all ranks (one small all-reduce when distributed)."""
+        t = torch.tensor([self.loss_sum, self.top1, self.top5, self.clips, self.wait_s, self.step_s],
+                         dtype=torch.float64)
+        if world_size > 1:
+            torch.distributed.all_reduce(t)
+        loss_sum, top1, top5, clips, wait_s, step_s = t.tolist()
+        elapsed = time.perf_counter() - self.t0
+        n = max(clips, 1.0)
+        return {"loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n, "clips": clips,
+                "clips_per_s": clips / elapsed if elapsed > 0 else 0.0,
+                "data_wait_frac": wait_s / step_s if step_s > 0 else 0.0}
+
+
+@contextlib.contextmanager
+def maybe_profile(out: str, steps: int, *, enabled: bool, cuda: bool) -> Iterator[Any]:
+    """A torch.profiler context recording ``steps`` steps after one warm-up step, written with
+    ``tensorboard_trace_handler`` to ``out/profile`` (the torch-tb-profiler plugin reads that folder).
+
+    Yields the profiler (call ``.step()`` once per training step) or None when off.
+    """
+    if not enabled or steps <= 0:
+        yield None
+        return
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    trace_dir = Path(out) / "profile"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),
+                 on_trace_ready=tensorboard_trace_handler(str(trace_dir)), record_shapes=False) as prof:
+        yield prof
