@@ -80,6 +80,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.sweep import SweepConfig, run_sweep, trials_from_args
+
+    trials, base = trials_from_args(args.grid, _splits(args.models))
+    base = {**base, **_model_kwargs(args.set)}
+    cfg = SweepConfig(dataset=args.dataset, shards=args.shards, out=args.out, trials=tuple(trials), base=base,
+                      workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, use_gpu=args.gpu,
+                      address=args.address, num_cpus=args.num_cpus)
+    results = run_sweep(cfg)
+    failed = [r.trial for r in results if r.status != "finished"]
+    if failed:
+        print(f"e3d sweep: {len(failed)} trial(s) did not finish: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import build_report
 
@@ -245,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=("models",))
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("sweep", help="train and evaluate many architectures on the same shards; Table 8 report")
+    s.add_argument("--dataset", choices=DATASETS, required=True)
+    s.add_argument("--shards", required=True, help="preprocessed dataset root, shared by every trial")
+    s.add_argument("--out", required=True, help="sweep directory: trials/, results.parquet, report.md, PNG")
+    s.add_argument("--grid", default="table8", help="'table8' (the 17 configurations) or a YAML/JSON grid file")
+    s.add_argument("--models", default=None, help="with --grid table8: only these comma-separated names")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="training setting for every trial, e.g. epochs=30 (repeatable)")
+    s.add_argument("--workers-per-trial", type=int, default=1)
+    s.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
+    s.add_argument("--gpu", action="store_true")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    s.add_argument("--num-cpus", type=int, default=None)
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("report", help="rebuild a sweep's Markdown report and accuracy/MFLOPs plot")
     s.add_argument("root", help="sweep output directory holding results.parquet")

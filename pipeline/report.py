@@ -120,7 +120,8 @@ def build_report(root: str) -> tuple[str, str]:
     total_clips = sum(r.train_clips for r in results)
     md = [f"# Sweep report: {', '.join(dataset)}", "", markdown_table(results), "",
           "Bold: on the Pareto front of video top-1 against MFLOPs (paper convention, 3x16x112x112 input). "
-          "Speed: inference clips/s at batch 8 from `e3d bench models` on the machine that ran the sweep.", "",
+          "Speed: inference clips/s at batch 8, channels_last_3d, measured by the sweep on its driver's device "
+          "(the setting of `e3d bench models`).", "",
           f"Data cost: {total_decode:.1f} CPU-s of decoding for {total_clips} trained clips "
           f"= {1000 * total_decode / max(total_clips, 1):.2f} CPU-ms per clip.", ""]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -130,7 +131,9 @@ def build_report(root: str) -> tuple[str, str]:
         xs = [p for p, r in zip(pts, results, strict=True) if r.model.split("_")[0] == fam]
         ax.scatter([x for x, _ in xs], [y for _, y in xs], label=fam, s=40, zorder=3)
     front = pareto_front(pts)
-    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1.2, label="Pareto front", zorder=2)
+    # Ringed markers plus a line, so that a one-point front is visible too.
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1.2, marker="o", ms=11, mfc="none",
+            label="Pareto front", zorder=2)
     for p, r in zip(pts, results, strict=True):
         ax.annotate(r.model, p, textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("MFLOPs (paper convention)")
