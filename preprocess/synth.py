@@ -106,6 +106,9 @@ KINETICS_SPLITS = ("train", "val")
 JESTER_FRAMES_DIR = "20bn-jester-v1"
 JESTER_SPLITS = ("train", "validation", "test")
 JESTER_FPS = 12
+# Patch speed range for Jester (short sides per second), slower than the default: a training clip (16 frames at
+# stride 2 = 32 frames at 12 fps = 2.7 s) sees about one crossing of the centred square.
+JESTER_SPEED = (0.12, 0.22)
 UCF_VIDEO_DIR = "UCF-101"
 UCF_LIST_DIR = "ucfTrainTestlist"
 UCF_SIZE = (320, 240)
@@ -945,10 +948,7 @@ def _jester(out: Path, cfg: SynthConfig, overwrite: bool) -> SynthReport:
     ids = iter(int(i) for i in rng.choice(np.arange(1, 150_001), size=n_total, replace=False))
     h = cfg.jester_height
     lo, hi = cfg.jester_frames
-    speed = (
-        0.25,
-        0.45,
-    )  # slower than the default: a gesture spans the 2.7 s a 32-frame clip covers at 12 fps
+    speed = JESTER_SPEED
 
     def folder(vid: int, motion: str, n: int, width: int) -> tuple[str, Callable[[], int]]:
         rel = f"{JESTER_FRAMES_DIR}/{vid}"

@@ -7,8 +7,13 @@ happen in the same order whatever the motion, so the same ``rng`` state gives th
 motion. The background texture is static and temporal noise is added to every frame, so a model has to use
 motion and frame order ("moving up" played backwards is "moving down").
 
+The patch is large (:data:`SIDE`: 38-50 % of the short side) and moves only inside the centred square of side
+``min(H, W)``: a training crop (a square of 1/2 to 1 of the short side) of a small, wide frame still sees most of
+it. Translations wrap around inside that square (torus) instead of jumping back, so every frame pair shows the
+class's direction.
+
 Coordinates: ``x`` grows to the right, ``y`` grows downwards (image rows), so "up" means decreasing ``y``.
-Speeds are in frame sizes per second, so a motion looks the same at any fps and resolution.
+Speeds are in short sides per second, so a motion looks the same at any fps and resolution.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ TIME_REVERSED: dict[str, str] = {
     "still": "still",
 }
 
+#: Patch side as a fraction of the frame's short side (uniform in this range). Large enough that a training
+#: crop of half the short side still sees most of the patch.
+SIDE: tuple[float, float] = (0.38, 0.5)
+
 _TEX = 32  # side of the patch texture in texels; the patch is drawn by nearest-neighbour sampling of it
 
 
@@ -76,7 +85,7 @@ class Scene:
     side: float  # patch side (pixels); for zooms the geometric mean of the side over a period
     cx: float  # centre, or oscillation centre (pixels); translations start from ``phase`` instead
     cy: float
-    speed: float  # translation speed (frame sizes per second) or rotation rate (turns per second)
+    speed: float  # translation speed (short sides per second) or rotation rate (turns per second)
     period: float  # zoom / oscillation period (seconds)
     phase: float  # start phase of periodic motions, in [0, 1)
     zoom_ratio: float  # largest / smallest scale of zoom motions
@@ -92,13 +101,15 @@ class Scene:
         cyc = (self.phase + t / self.period) % 1.0  # position inside the current period
         tri = 1.0 - abs(2.0 * cyc - 1.0)  # triangle wave 0 -> 1 -> 0 over one period
         if m in ("up", "down", "left", "right"):
-            # Sawtooth inside the frame: the patch crosses the frame at a steady speed, then restarts at the
-            # far edge. It stays fully visible (so every class shows the same amount of patch on average) and
-            # a clip taken anywhere in a long video shows the motion.
-            size = h if m in ("up", "down") else w
-            travel = max(size - side, 1.0)
-            f = (self.phase + self.speed * size * t / travel) % 1.0
-            pos = side / 2 + travel * (f if m in ("down", "right") else 1.0 - f)
+            # Steady motion across the centred square of side ``min(h, w)`` (see ``make_scene``), wrapping
+            # around like a torus: what leaves at one edge of the square re-enters at the opposite edge
+            # (``frame`` draws both parts). Every part of the patch always moves the same way (no restart
+            # jump against the motion), the whole patch is always visible (every class shows the same amount
+            # of patch) and a clip taken anywhere in a long video shows the motion.
+            size = min(h, w)
+            start = (h - size) / 2 if m in ("up", "down") else (w - size) / 2
+            sign = 1.0 if m in ("down", "right") else -1.0
+            pos = start + ((self.phase + sign * self.speed * t) % 1.0) * size
             if m in ("up", "down"):
                 cy = pos
             else:
@@ -122,9 +133,36 @@ class Scene:
         out = self.background.copy()
         cx, cy, side, angle = self.geometry(i)
         h, w = self.height, self.width
+        if self.motion in ("up", "down", "left", "right"):
+            # Torus wrap inside the centred square: the patch and its copy one square side back, each clipped
+            # to the square along the motion axis.
+            size = min(h, w)
+            if self.motion in ("up", "down"):
+                lo = (h - size) // 2
+                for c in (cy, cy - size):
+                    self._draw(out, cx, c, side, angle, (0, w), (lo, lo + size))
+            else:
+                lo = (w - size) // 2
+                for c in (cx, cx - size):
+                    self._draw(out, c, cy, side, angle, (lo, lo + size), (0, h))
+        else:
+            self._draw(out, cx, cy, side, angle, (0, w), (0, h))
+        if self.noise > 0:
+            # Temporal noise, seeded per frame so that any frame can be rendered on its own.
+            nrng = np.random.default_rng((self.noise_seed, i))
+            n = nrng.integers(-self.noise, self.noise + 1, size=(h, w, 1), dtype=np.int16)
+            o16 = out.astype(np.int16)
+            o16 += n
+            np.clip(o16, 0, 255, out=o16)
+            out = o16.astype(np.uint8)
+        return out
+
+    def _draw(self, out: np.ndarray, cx: float, cy: float, side: float, angle: float,
+              xlim: tuple[int, int], ylim: tuple[int, int]) -> None:
+        """Paint the patch centred at (cx, cy) into ``out``, only inside columns ``xlim`` and rows ``ylim``."""
         r = side * 0.7072  # half diagonal: bounding radius of the rotated square
-        x0, x1 = max(0, int(math.floor(cx - r))), min(w, int(math.ceil(cx + r)) + 1)
-        y0, y1 = max(0, int(math.floor(cy - r))), min(h, int(math.ceil(cy + r)) + 1)
+        x0, x1 = max(xlim[0], int(math.floor(cx - r))), min(xlim[1], int(math.ceil(cx + r)) + 1)
+        y0, y1 = max(ylim[0], int(math.floor(cy - r))), min(ylim[1], int(math.ceil(cy + r)) + 1)
         if x1 > x0 and y1 > y0 and side >= 1.0:
             xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx
             ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy
@@ -137,15 +175,6 @@ class Scene:
             tj = np.clip((u * _TEX).astype(np.int32), 0, _TEX - 1)
             region = out[y0:y1, x0:x1]
             region[inside] = self.texture[ti[inside], tj[inside]]
-        if self.noise > 0:
-            # Temporal noise, seeded per frame so that any frame can be rendered on its own.
-            nrng = np.random.default_rng((self.noise_seed, i))
-            n = nrng.integers(-self.noise, self.noise + 1, size=(h, w, 1), dtype=np.int16)
-            o16 = out.astype(np.int16)
-            o16 += n
-            np.clip(o16, 0, 255, out=o16)
-            out = o16.astype(np.uint8)
-        return out
 
     def frames(self, num_frames: int) -> Iterator[np.ndarray]:
         """Yield frames 0..num_frames-1, each (H, W, 3) uint8."""
@@ -175,9 +204,9 @@ def make_scene(
 ) -> Scene:
     """Draw one clip's appearance and motion parameters.
 
-    ``speed`` is the range of translation speeds in frame sizes per second (zoom and oscillation periods and
+    ``speed`` is the range of translation speeds in short sides per second (zoom and oscillation periods and
     rotation rates scale with it: a period is ``0.5 / speed`` to ``1 / speed`` s). The default moves a patch
-    by 1/3 to 2/3 of the frame in a 16-frame clip at 25 fps; Jester (12 fps, 32-frame window) uses slower.
+    by 1/3 to 2/3 of the short side in a 16-frame clip at 25 fps; Jester (12 fps, 32-frame window) uses slower.
     """
     if motion not in MOTIONS:
         raise ValueError(f"unknown motion {motion!r}; valid: {', '.join(MOTIONS)}")
@@ -202,7 +231,7 @@ def make_scene(
     tmix = _noise_texture(rng, _TEX, _TEX, int(rng.integers(2, 7)))[..., None]
     texture = (fg[0] * (1 - tmix) + fg[1] * tmix).astype(np.uint8)
     short = min(height, width)
-    side = float(rng.uniform(0.22, 0.35)) * short
+    side = float(rng.uniform(SIDE[0], SIDE[1])) * short
     zoom_ratio = float(rng.uniform(2.2, 3.0))
     ux, uy = (float(v) for v in rng.random(2))
     amp_frac = float(rng.uniform(0.6, 1.0))
@@ -222,16 +251,21 @@ def make_scene(
     elif motion in ("rotate_cw", "rotate_ccw"):
         half = side * 0.7072
 
-    def place(u: float, size: int) -> float:
-        return half + u * (size - 2 * half) if size > 2 * half else size / 2
+    # Everything happens inside the centred square of side ``short`` (where a centre crop looks, and which a
+    # full-height training crop of a wide frame mostly covers); the rest of the frame is background.
+    x0, y0 = (width - short) / 2, (height - short) / 2
 
-    cx, cy = place(ux, width), place(uy, height)
+    def place(u: float, start: float) -> float:
+        return start + (half + u * (short - 2 * half) if short > 2 * half else short / 2)
+
+    cx, cy = place(ux, x0), place(uy, y0)
+    amplitude_max = max(short - side, 0.0)
     if motion == "bounce":
-        amplitude = amp_frac * max(height - side, 0.0)
-        cy = side / 2 + amplitude / 2 + uy * max(height - side - amplitude, 0.0)
+        amplitude = amp_frac * amplitude_max
+        cy = y0 + side / 2 + amplitude / 2 + uy * (amplitude_max - amplitude)
     elif motion == "sway":
-        amplitude = amp_frac * max(width - side, 0.0)
-        cx = side / 2 + amplitude / 2 + ux * max(width - side - amplitude, 0.0)
+        amplitude = amp_frac * amplitude_max
+        cx = x0 + side / 2 + amplitude / 2 + ux * (amplitude_max - amplitude)
     return Scene(
         motion=motion,
         height=height,

@@ -118,21 +118,29 @@ def _track(motion: str, seed: int, *, h=64, w=80, t=24, reverse=False, flip=Fals
     mask = np.abs(clip.astype(np.int16) - bg.astype(np.int16)).sum(-1) > 45
     ys, xs = np.mgrid[:h, :w]
     area = mask.sum((1, 2))
-    cy = (mask * ys).sum((1, 2)) / np.maximum(area, 1)
-    cx = (mask * xs).sum((1, 2)) / np.maximum(area, 1)
-    return cy, cx, area
+    # Translations wrap around inside the centred square of side min(h, w), so positions are circular there:
+    # circular mean per frame, unwrapped over time (for a patch that does not wrap it moves like the centroid).
+    size = min(h, w)
+
+    def circular(coord: np.ndarray, lo: float) -> np.ndarray:
+        ang = 2 * np.pi * (coord + 0.5 - lo) / size
+        s, c = (mask * np.sin(ang)).sum((1, 2)), (mask * np.cos(ang)).sum((1, 2))
+        return lo + np.unwrap(np.arctan2(s, c)) * size / (2 * np.pi)
+
+    return circular(ys, (h - size) / 2), circular(xs, (w - size) / 2), area
 
 
 def _trend(motion: str, seed: int, **kw) -> tuple[float, float, float]:
-    """Median per-frame change of centroid y, x and log area, over the frames where it changes (medians
-    ignore the restart jumps of the sawtooth motions)."""
+    """Mean per-frame change of the (unwrapped) centroid y, x, and median per-frame change of log area over the
+    frames where it changes (the median ignores the restart jumps of the sawtooth zooms; translations wrap
+    around without jumps, and the mean is not fooled by whole-pixel steps)."""
 
     def med(d: np.ndarray) -> float:
         d = d[np.abs(d) > 1e-9]
         return float(np.median(d)) if d.size else 0.0
 
     cy, cx, area = _track(motion, seed, **kw)
-    return med(np.diff(cy)), med(np.diff(cx)), med(np.diff(np.log(area + 1.0)))
+    return float(np.mean(np.diff(cy))), float(np.mean(np.diff(cx))), med(np.diff(np.log(area + 1.0)))
 
 
 def _rotation_steps(motion: str, seed: int, *, size=96, t=10, reverse=False, flip=False) -> np.ndarray:

@@ -53,6 +53,9 @@ class TrainConfig:
         milestones: epochs after which the multistep schedule reduces the lr.
         dropout: dropout before the classifier; None keeps the builder's default (ResNets take none).
         clip_len, size: frames per clip and side in pixels (16 and 112 in the paper; smaller for CPU runs).
+        crop_scales: training multi-scale crop scales (fractions of the short side); None keeps the paper's five
+            scales 1 .. 1/2 (:data:`training.data.config.MULTISCALE`). A knob for CPU demos and tests on small
+            frames, e.g. ``(1.0,)``: at 48 px a half-side crop often misses the moving object altogether.
         loader_workers: DataLoader worker processes per training worker (0: decode in the training process).
         seed: seeds model init, the loader's sampling and dropout.
         val_every: validate (one centre clip per video) every N epochs; the plateau schedule steps on it.
@@ -94,6 +97,7 @@ class TrainConfig:
     dropout: float | None = 0.2
     clip_len: int = 16
     size: int = 112
+    crop_scales: tuple[float, ...] | None = None
     loader_workers: int = 2
     seed: int = 0
     val_every: int = 1
@@ -134,6 +138,10 @@ class TrainConfig:
             raise ValueError(f"fault must be 'raise@STEP' or 'nan@STEP', got {self.fault!r}")
         # Normalise containers so that to_dict/from_dict round-trips and the object stays comparable.
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if self.crop_scales is not None:
+            object.__setattr__(self, "crop_scales", tuple(float(s) for s in self.crop_scales))
+            if not self.crop_scales or not all(0 < s <= 1 for s in self.crop_scales):
+                raise ValueError(f"crop_scales must be non-empty and in (0, 1], got {self.crop_scales}")
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
 
     # -- presets ------------------------------------------------------------------------------------------
@@ -174,6 +182,7 @@ class TrainConfig:
         """Plain Python values only (checkpoints are read with ``weights_only=True``)."""
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
+        d["crop_scales"] = None if self.crop_scales is None else list(self.crop_scales)
         d["model_kwargs"] = dict(self.model_kwargs)
         return d
 
@@ -183,4 +192,5 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-        return cls(**{k: (tuple(v) if k == "milestones" else v) for k, v in d.items()})
+        return cls(**{k: (tuple(v) if k in ("milestones", "crop_scales") and v is not None else v)
+                      for k, v in d.items()})

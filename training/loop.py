@@ -217,7 +217,8 @@ def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = N
               "batch_size": per_worker}
     train_loader = ClipLoader(
         ClipStream(shard_specs(cfg.shards, train_split, videos=False),
-                   LoaderConfig.for_dataset(cfg.dataset, "train", **common)),
+                   LoaderConfig.for_dataset(cfg.dataset, "train", **common,
+                                            **({"scales": cfg.crop_scales} if cfg.crop_scales else {}))),
         # Each DataLoader iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a mid-epoch resume replays exactly the dropout masks of an uninterrupted run.
         pin_memory=on_gpu, generator=torch.Generator().manual_seed(cfg.seed))
