@@ -26,12 +26,13 @@ DEMO_MAX_FAILED = 0.5
 
 # Training stage: a larger synthetic Jester (its classes differ only by motion direction) so that a small model
 # has enough distinct videos to learn motion rather than memorise appearances; CPU-sized model and clips.
-TRAIN_SYNTH = SynthConfig(num_classes=4, videos_per_class=120, seed=7, bad_inputs=False)
-TRAIN_SHORT_SIDE = 64
+# The settings of tests/test_learns.py, which proves held-out video top-1 >= 0.6 with them (4 classes).
+TRAIN_SYNTH = SynthConfig(num_classes=4, videos_per_class=60, seed=3, bad_inputs=False)
+TRAIN_SHORT_SIDE = 48
 TRAIN_WORKERS = 2
 # Full-short-side training crops (``crop_scales``): at 48 px a half-side crop of the wide Jester frames often
 # misses the moving patch; the paper's five scales stay the default elsewhere.
-TRAIN_OVERRIDES = {"model": "shufflenetv2_0.25x", "clip_len": 16, "size": 48, "batch_size": 16, "epochs": 40,
+TRAIN_OVERRIDES = {"model": "shufflenetv2_0.25x", "clip_len": 16, "size": 48, "batch_size": 16, "epochs": 45,
                    "lr": 0.08, "schedule": "constant", "crop_scales": (1.0,), "loader_workers": 0, "log_every": 5}
 
 
