@@ -12,7 +12,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg)
-	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	@# an interrupted earlier setup can leave a venv without pip: start it again
+	@[ -x $(BIN)/pip ] || (rm -rf $(VENV) && $(PY) -m venv $(VENV))
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)

@@ -129,8 +129,13 @@ def _train_config(cfg: SweepConfig, trial: TrialSpec):
     bad = sorted(set(over) - fields)
     if bad:
         raise ValueError(f"trial {trial.name}: unknown training settings {bad}")
-    return TrainConfig(dataset=cfg.dataset, shards=cfg.shards, out=str(Path(cfg.out) / "trials" / trial.name),
+    return TrainConfig(dataset=cfg.dataset, shards=cfg.shards, out=_trial_dir(cfg, trial),
                        model=trial.model, model_kwargs=dict(trial.model_kwargs), use_gpu=cfg.use_gpu, **over)
+
+
+def _trial_dir(cfg: SweepConfig, trial: TrialSpec) -> str:
+    """``out/trials/<name>``: the trial's Ray Train run directory (local path or URI, like ``out``)."""
+    return storage.join(storage.canonical(cfg.out), "trials", trial.name)
 
 
 def _counts(trial: TrialSpec, num_classes: int) -> tuple[int, float, float]:
@@ -198,11 +203,11 @@ def _run_trial(cfg: SweepConfig, trial: TrialSpec, counts: tuple[int, float, flo
     from training.ray_train import run_training
 
     tcfg = _train_config(cfg, trial)
-    run_dir = Path(tcfg.out)
     t0 = time.monotonic()
     params, mflops, macs = counts
     try:
-        m = run_training(tcfg, workers=cfg.workers_per_trial, resume=run_dir.exists(), address=cfg.address)
+        # resume=True: an unfinished trial continues from its last checkpoint, a new one starts fresh
+        m = run_training(tcfg, workers=cfg.workers_per_trial, resume=True, address=cfg.address)
         status = m.get("status", "finished")
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
         m, status = {}, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
@@ -217,7 +222,7 @@ def _run_trial(cfg: SweepConfig, trial: TrialSpec, counts: tuple[int, float, flo
         overrides=",".join(f"{k}={v}" for k, v in sorted({**trial.model_kwargs, **trial.overrides}.items())),
     )
     if status == "finished":
-        storage.write_bytes_atomic(*storage.resolve(str(run_dir / TRIAL_FILE)),
+        storage.write_bytes_atomic(*storage.resolve(storage.join(tcfg.out, TRIAL_FILE)),
                                    json.dumps(dataclasses.asdict(result), indent=1, sort_keys=True).encode())
     return result
 
@@ -229,9 +234,10 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
     from shards.manifest import read_dataset_info
     from training.ray_train import init_ray
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
+    out = storage.canonical(cfg.out)  # a local folder or an object-store URI (s3://, gs://)
+    fs, base = storage.resolve(out)
+    storage.write_bytes_atomic(fs, storage.join(base, "sweep.json"),
+                               json.dumps(dataclasses.asdict(cfg), indent=1, default=str).encode())
     num_classes = len(read_dataset_info(cfg.shards)["classes"])
     # Check every trial before starting any: a typo in the grid should not surface hours into a sweep.
     counts, problems = {}, []
@@ -251,9 +257,9 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
         done: dict[str, TrialResult] = {}
         todo: list[TrialSpec] = []
         for t in cfg.trials:
-            f = out / "trials" / t.name / TRIAL_FILE
-            if f.exists():
-                done[t.name] = TrialResult(**json.loads(f.read_text()))
+            f = storage.join(base, "trials", t.name, TRIAL_FILE)
+            if storage.exists(fs, f):
+                done[t.name] = TrialResult(**json.loads(storage.read_bytes(fs, f)))
                 log(f"[sweep] {t.name}: finished earlier, skipped")
             else:
                 todo.append(t)
@@ -272,8 +278,8 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
         if started:
             ray.shutdown()
     results = [done[t.name] for t in cfg.trials if t.name in done]
-    write_results(str(out), results)
-    md, png = build_report(str(out))
+    write_results(out, results)
+    md, png = build_report(out)
     log(f"[sweep] wrote {md} and {png}")
     return results
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import os
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +187,46 @@ def _merge(entries: dict[str, dict], source: str, label: str | None, split: str)
         e["label"] = label
 
 
+def _list_lines(lists: dict[str, Path], wanted: tuple[str, ...]) -> Iterator[tuple[str, Path, int, str]]:
+    """``(split, list path, 1-based line number, line)`` for every non-blank line of each split's list file
+    (``lists``: split -> path, read in that order, UTF-8). A missing list is skipped, or an error for a split in
+    ``wanted``."""
+    for split, path in lists.items():
+        if not path.is_file():
+            if split in wanted:
+                raise FileNotFoundError(f"{path}: list for split {split!r} not found")
+            continue
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                yield split, path, lineno, line
+
+
+def _file_listed(entries: dict[str, dict], problems: list[Problem], disk: _DiskIndex, index: dict[str, int],
+                 split: str, label: str | None, found: str | None, listed: str, *, classes_from: str,
+                 missing_reason: str) -> None:
+    """File one well-formed list entry of ``split``: merged into ``entries``, or a problem.
+
+    ``found`` is what ``disk`` found for it (None: nothing), ``listed`` the path the list implies. A label not in
+    ``index`` gives a "failed" problem (reason: ``unknown label ... (classes_from)``) and its file, if any, is
+    not reported as unlisted; ``label`` None (a test list) is never unknown. Nothing on disk gives a "missing"
+    problem at ``listed`` with ``missing_reason``."""
+    if label is not None and label not in index:
+        if found:
+            disk.used.add(found)
+        problems.append(Problem(found or listed, label, (split,), "failed",
+                                f"unknown label {label!r} ({classes_from})"))
+    elif found is None:
+        problems.append(Problem(listed, label, (split,), "missing", missing_reason))
+    else:
+        _merge(entries, found, label, split)
+
+
+def _items(entries: dict[str, dict], index: dict[str, int]) -> tuple[VideoItem, ...]:
+    """The merged entries as items, sorted by source; an entry without a label gets label index -1."""
+    return tuple(VideoItem(src, e["label"], index.get(e["label"], -1), tuple(sorted(e["splits"])))
+                 for src, e in sorted(entries.items()))
+
+
 # --------------------------------------------------------------------------------------------------
 # Kinetics-600
 
@@ -204,6 +244,7 @@ def _k600_classes(root: Path) -> tuple[str, ...]:
 def _list_kinetics(root: Path, splits: tuple[str, ...]) -> Listing:
     classes = _k600_classes(root)
     index = {c: i for i, c in enumerate(classes)}
+    classes_from = f"not among the {len(classes)} train classes"
     disk = _DiskIndex(root, ("train", "val", "test"))
     entries: dict[str, dict] = {}
     problems: list[Problem] = []
@@ -226,20 +267,10 @@ def _list_kinetics(root: Path, splits: tuple[str, ...]) -> Listing:
                 stem = f"{yid}_{start:06d}_{end:06d}"
                 rel_dir = f"{split}/{label}" if label else split
                 found = disk.find_stem(f"{rel_dir}/{stem}")
-                source = found or f"{rel_dir}/{stem}.mp4"
-                if label is not None and label not in index:
-                    if found:
-                        disk.used.add(found)
-                    problems.append(Problem(source, label, (split,), "failed",
-                                            f"unknown label {label!r} (not among the {len(classes)} train classes)"))
-                elif found is None:
-                    problems.append(Problem(source, label, (split,), "missing",
-                                            f"listed in {path.name} but no {stem}.* under {rel_dir}/"))
-                else:
-                    _merge(entries, found, label, split)
-    items = [VideoItem(src, e["label"], index.get(e["label"], -1) if e["label"] else -1, tuple(sorted(e["splits"])))
-             for src, e in sorted(entries.items())]
-    return Listing("kinetics600", "video", classes, splits, tuple(items), tuple(problems + _unlisted(disk)))
+                _file_listed(entries, problems, disk, index, split, label, found, f"{rel_dir}/{stem}.mp4",
+                             classes_from=classes_from,
+                             missing_reason=f"listed in {path.name} but no {stem}.* under {rel_dir}/")
+    return Listing("kinetics600", "video", classes, splits, _items(entries, index), tuple(problems + _unlisted(disk)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,36 +291,19 @@ def _list_jester(root: Path, splits: tuple[str, ...]) -> Listing:
     # An empty folder is a leaf too; _DiskIndex(folders=True) records leaves only, which is what we want.
     entries: dict[str, dict] = {}
     problems: list[Problem] = []
-    for split in ("train", "validation", "test"):
-        path = root / f"jester-v1-{split}.csv"
-        if not path.is_file():
-            if split in splits:
-                raise FileNotFoundError(f"{path}: list for split {split!r} not found")
+    lists = {split: root / f"jester-v1-{split}.csv" for split in ("train", "validation", "test")}
+    for split, path, lineno, line in _list_lines(lists, splits):
+        vid, _, label = (p.strip() for p in line.partition(";"))
+        label = label or None
+        source = f"{JESTER_FRAMES}/{vid}"
+        if split != "test" and label is None:
+            problems.append(Problem(f"{path.name}:{lineno}", None, (split,), "failed",
+                                    f"malformed line (expected id;label): {line!r}"))
             continue
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            vid, _, label = (p.strip() for p in line.partition(";"))
-            label = label or None
-            source = f"{JESTER_FRAMES}/{vid}"
-            if split != "test" and label is None:
-                problems.append(Problem(f"{path.name}:{lineno}", None, (split,), "failed",
-                                        f"malformed line (expected id;label): {line!r}"))
-                continue
-            found = disk.find(source)
-            if label is not None and label not in index:
-                if found:
-                    disk.used.add(found)
-                problems.append(Problem(found or source, label, (split,), "failed",
-                                        f"unknown label {label!r} (not in {labels_path.name})"))
-            elif found is None:
-                problems.append(Problem(source, label, (split,), "missing",
-                                        f"listed in {path.name} but the frame folder is missing"))
-            else:
-                _merge(entries, found, label, split)
-    items = [VideoItem(src, e["label"], index[e["label"]] if e["label"] else -1, tuple(sorted(e["splits"])))
-             for src, e in sorted(entries.items())]
-    return Listing("jester", "frames", classes, splits, tuple(items), tuple(problems + _unlisted(disk)))
+        _file_listed(entries, problems, disk, index, split, label, disk.find(source), source,
+                     classes_from=f"not in {labels_path.name}",
+                     missing_reason=f"listed in {path.name} but the frame folder is missing")
+    return Listing("jester", "frames", classes, splits, _items(entries, index), tuple(problems + _unlisted(disk)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,40 +329,27 @@ def _list_ucf(root: Path, splits: tuple[str, ...]) -> Listing:
     disk = _DiskIndex(root, (UCF_VIDEOS,))
     entries: dict[str, dict] = {}
     problems: list[Problem] = []
-    for split in ("train1", "test1", "train2", "test2", "train3", "test3"):
-        kind, num = split[:-1], split[-1]
-        path = lists / f"{kind}list0{num}.txt"
-        if not path.is_file():
-            if split in splits:
-                raise FileNotFoundError(f"{path}: list for split {split!r} not found")
-            continue
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            line = line.strip()
-            if not line:
-                continue
-            rel, given = line, None
-            head, _, tail = line.rpartition(" ")
-            if kind == "train" and head and tail.isdigit():
-                rel, given = head, int(tail)
-            cls = rel.split("/", 1)[0] if "/" in rel else None
-            source = f"{UCF_VIDEOS}/{rel}"
-            found = disk.find(source)
-            if cls is None:
-                problems.append(Problem(f"{path.name}:{lineno}", None, (split,), "failed",
-                                        f"malformed line (expected Class/file.avi): {line!r}"))
-            elif cls not in index:
-                if found:
-                    disk.used.add(found)
-                problems.append(Problem(found or source, cls, (split,), "failed",
-                                        f"unknown label {cls!r} (not in classInd.txt)"))
-            elif given is not None and given != index[cls] + 1:
-                problems.append(Problem(found or source, cls, (split,), "failed",
-                                        f"class index {given} in {path.name} disagrees with classInd.txt "
-                                        f"({cls} = {index[cls] + 1})"))
-            elif found is None:
-                problems.append(Problem(source, cls, (split,), "missing", f"listed in {path.name} but not on disk"))
-            else:
-                _merge(entries, found, cls, split)
-    items = [VideoItem(src, e["label"], index[e["label"]], tuple(sorted(e["splits"])))
-             for src, e in sorted(entries.items())]
-    return Listing("ucf101", "video", tuple(classes), splits, tuple(items), tuple(problems + _unlisted(disk)))
+    split_lists = {split: lists / f"{split[:-1]}list0{split[-1]}.txt"
+                   for split in ("train1", "test1", "train2", "test2", "train3", "test3")}
+    for split, path, lineno, line in _list_lines(split_lists, splits):
+        line = line.strip()
+        rel, given = line, None
+        head, _, tail = line.rpartition(" ")
+        if split[:-1] == "train" and head and tail.isdigit():
+            rel, given = head, int(tail)
+        cls = rel.split("/", 1)[0] if "/" in rel else None
+        source = f"{UCF_VIDEOS}/{rel}"
+        found = disk.find(source)
+        if cls is None:
+            problems.append(Problem(f"{path.name}:{lineno}", None, (split,), "failed",
+                                    f"malformed line (expected Class/file.avi): {line!r}"))
+        elif cls in index and given is not None and given != index[cls] + 1:
+            problems.append(Problem(found or source, cls, (split,), "failed",
+                                    f"class index {given} in {path.name} disagrees with classInd.txt "
+                                    f"({cls} = {index[cls] + 1})"))
+        else:
+            _file_listed(entries, problems, disk, index, split, cls, found, source,
+                         classes_from="not in classInd.txt",
+                         missing_reason=f"listed in {path.name} but not on disk")
+    return Listing("ucf101", "video", tuple(classes), splits, _items(entries, index),
+                   tuple(problems + _unlisted(disk)))

@@ -138,3 +138,70 @@ def remove_stale_temporaries(fs: pafs.FileSystem, directory: str) -> int:
             fs.delete_file(info.path)
             n += 1
     return n
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for an object-store URI (``s3://``, ``gs://``, ...); False for a local path or ``file://``."""
+    s = os.fspath(uri)
+    return "://" in s and not s.startswith("file://")
+
+
+def canonical(uri: str | os.PathLike) -> str:
+    """An absolute local path, or the URI without a trailing slash."""
+    s = os.fspath(uri)
+    return s.rstrip("/") if is_remote(s) else os.path.abspath(s)
+
+
+def to_uri(fs: pafs.FileSystem, path: str) -> str:
+    """The URI of ``path`` on ``fs`` (inverse of :func:`resolve`): ``s3://bucket/key``, ``gs://...`` or a local
+    path."""
+    scheme = {"s3": "s3", "gcs": "gs"}.get(fs.type_name)
+    return f"{scheme}://{path.lstrip('/')}" if scheme else path
+
+
+def list_files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
+    """Every file below ``directory`` (recursively); empty when it does not exist."""
+    infos = fs.get_file_info(pafs.FileSelector(directory, recursive=True, allow_not_found=True))
+    return [i for i in infos if i.type == pafs.FileType.File]
+
+
+class DirMirror:
+    """Keep a URI up to date with a local working folder, for writers that need a real file system
+    (TensorBoard's event files, torch.profiler's traces, Parquet writers).
+
+    ``local`` is ``uri`` itself when that is a local path (then :meth:`sync` does nothing); for an object-store
+    URI it is a fresh temporary folder, and :meth:`sync` uploads every file that is new or changed since the
+    last sync (each upload is one atomic PUT, so readers never see half a file).
+    """
+
+    def __init__(self, uri: str, prefix: str = "e3d-mirror-"):
+        self.uri = os.fspath(uri)
+        self.remote = is_remote(self.uri)
+        self.local = tempfile.mkdtemp(prefix=prefix) if self.remote else os.path.abspath(self.uri)
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def sync(self) -> int:
+        """Upload new or changed files; returns how many were uploaded."""
+        if not self.remote:
+            return 0
+        fs, base = resolve(self.uri)
+        n = 0
+        for root, _, files in os.walk(self.local):
+            for name in files:
+                src = os.path.join(root, name)
+                st = os.stat(src)
+                stamp = (st.st_size, st.st_mtime_ns)
+                rel = os.path.relpath(src, self.local).replace(os.sep, "/")
+                if TMP_MARK in name or name.endswith(".tmp") or self._sent.get(rel) == stamp:
+                    continue
+                with open(src, "rb") as f, atomic_output(fs, join(base, rel)) as out:
+                    shutil.copyfileobj(f, out, 8 << 20)
+                self._sent[rel] = stamp
+                n += 1
+        return n
+
+    def close(self) -> None:
+        """Final sync, then remove the temporary folder."""
+        if self.remote:
+            self.sync()
+            shutil.rmtree(self.local, ignore_errors=True)

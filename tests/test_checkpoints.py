@@ -42,6 +42,17 @@ def _fake_released(model: nn.Module, arch: str, path: Path, legacy: bool = False
     return path
 
 
+def _assert_same_outputs(model: nn.Module, reference: nn.Module, batch: int) -> None:
+    """Both in eval mode, on one random ``(batch, 3, 4, 32, 32)`` float32 clip: finite, bit-identical scores."""
+    model.eval()
+    reference.eval()
+    x = torch.randn(batch, 3, 4, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, reference(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("name", "arch", "num_classes", "legacy"),
     [
@@ -77,12 +88,7 @@ def test_released_checkpoint_round_trip(
     assert loaded.keys() == reference.keys()
     for key, value in reference.items():
         assert torch.equal(loaded[key], value), key
-    source.eval()
-    x = torch.randn(2, 3, 4, 32, 32)
-    with torch.no_grad():
-        out = model(x)
-        assert torch.isfinite(out).all()
-        torch.testing.assert_close(out, source(x), rtol=0, atol=0)
+    _assert_same_outputs(model, source, batch=2)
 
 
 def test_wrong_architecture_is_refused(tmp_path: Path) -> None:
@@ -154,13 +160,7 @@ def test_own_checkpoint_round_trip(tmp_path: Path) -> None:
     resumed = torch.optim.SGD(loaded.parameters(), lr=1e-3, momentum=0.9)
     resumed.load_state_dict(ckpt["optimizer"])
     assert len(resumed.state) == len(optimizer.state)
-    model.eval()
-    loaded.eval()
-    x = torch.randn(1, 3, 4, 32, 32)
-    with torch.no_grad():
-        out = loaded(x)
-        assert torch.isfinite(out).all()
-        torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    _assert_same_outputs(loaded, model, batch=1)
 
 
 def test_own_checkpoint_of_wrapped_model(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from cluster.configs import ClusterConfigError, kuberay_problems, launcher_probl
 from pipeline.cli import build_parser
 from preprocess.synth import SynthConfig, generate
 from shards.manifest import verify
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -283,17 +284,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for(cond, proc, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.2)
-    return False
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -325,7 +315,7 @@ def head(tmp_path_factory):
             stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{dash}"
-        assert _wait_for(lambda: _answers(f"{url}/api/version"), proc, timeout=90), log.read_text()[-3000:]
+        assert wait_for(lambda: _answers(f"{url}/api/version"), proc, timeout=90), log.read_text()[-3000:]
         yield {"gcs": f"127.0.0.1:{gcs}", "url": url, "env": env, "log": log}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from preprocess.run import make_tasks, preprocess
 from preprocess.synth import SynthConfig, generate
 from shards.format import iter_samples
 from shards.manifest import read_dataset_info, read_table, verify
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("kinetics600", "jester", "ucf101")
@@ -212,18 +212,6 @@ preprocess(PreprocessConfig(dataset=sys.argv[1], src=sys.argv[2], out=sys.argv[3
 """
 
 
-def _wait_for(cond, proc, timeout=120.0):
-    """Poll a condition on the child's output files (no fixed sleeps): True when met while it runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.002)
-    return False
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["mid-shard-write", "after-first-record"])
 def test_kill_9_then_rerun_gives_identical_output(synth, tmp_path, moment):
@@ -238,7 +226,8 @@ def test_kill_9_then_rerun_gives_identical_output(synth, tmp_path, moment):
     else:
         def cond():
             return any(out.glob("records/*/*.json"))
-    hit = _wait_for(cond, proc)
+    # Polls the child's output files every 2 ms: the mid-shard-write moment is short.
+    hit = wait_for(cond, proc, timeout=120.0, interval=0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert hit and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
@@ -384,7 +373,7 @@ def ray_head(tmp_path):
              f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--temp-dir=/tmp/e3dhead"],
             stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        assert _wait_for(lambda: b"Ray runtime started" in log.read_bytes(), proc, timeout=90), log.read_text()
+        assert wait_for(lambda: b"Ray runtime started" in log.read_bytes(), proc, timeout=90), log.read_text()
         yield f"127.0.0.1:{port}", env
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

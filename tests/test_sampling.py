@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from tests.helpers import EdgeRng
 from training.data.sampling import (
     CounterRng,
     buffered_shuffle_order,
@@ -19,18 +20,6 @@ from training.data.sampling import (
     num_windows,
     random_clip,
 )
-
-
-class EdgeRng:
-    """Always draws the lowest or the highest value of a range."""
-
-    def __init__(self, high: bool):
-        self.high = high
-
-    def integers(self, low, high=None):
-        if high is None:
-            low, high = 0, low
-        return high - 1 if self.high else low
 
 
 def rr(*parts):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from shards.format import encode_jpeg_rgb
+from tests.helpers import EdgeRng
 from training.data.config import MULTISCALE, LoaderConfig
 from training.data.normalize import ACTIVITYNET_MEAN, ClipNormalizer, Normalization, normalization_for
 from training.data.transforms import (
@@ -18,16 +19,6 @@ from training.data.transforms import (
     decode_frames,
     multiscale_crop_box,
 )
-
-
-class EdgeRng:
-    def __init__(self, high: bool):
-        self.high = high
-
-    def integers(self, low, high=None):
-        if high is None:
-            low, high = 0, low
-        return high - 1 if self.high else low
 
 
 class ScriptedRng:

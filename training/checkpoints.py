@@ -18,6 +18,7 @@ Everything is read with ``torch.load(weights_only=True)``: no code from a checkp
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from shards import storage
 from training.models import InputConvention, ModelConfig, get_model
 from training.models.convention import RELEASED_CONVENTIONS
 
@@ -147,6 +149,9 @@ def _load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: s
 
 
 def _torch_load(path: PathLike, map_location: str | torch.device) -> Any:
+    if storage.is_remote(path):  # a checkpoint on object storage (s3://, gs://) is read into memory
+        fs, key = storage.resolve(path)
+        return torch.load(io.BytesIO(storage.read_bytes(fs, key)), map_location=map_location, weights_only=True)
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shards import storage
 from training.data import ClipLoader, ClipNormalizer, LoaderConfig, ShardSpec
 from training.data.sampling import num_windows
 
@@ -173,29 +173,31 @@ def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormali
 
 
 def write_predictions(path: str | os.PathLike, predictions: Sequence[Mapping[str, Any]],
-                      class_names: Sequence[str] | None = None) -> Path:
-    """Write per-video predictions as Parquet (``.parquet``) or JSON lines (anything else), atomically.
+                      class_names: Sequence[str] | None = None) -> str:
+    """Write per-video predictions as Parquet (``.parquet``) or JSON lines (anything else), atomically, to a
+    local path or an object-store URI. Returns ``path``.
 
     Adds ``label_name``/``pred_name`` columns when ``class_names`` is given.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+    import json
+
     rows = [dict(r) for r in predictions]
     if class_names is not None:
         for r in rows:
             r["label_name"] = class_names[r["label"]] if 0 <= r["label"] < len(class_names) else None
             r["pred_name"] = class_names[r["pred"]]
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
+    path = os.fspath(path)
+    if path.endswith(".parquet"):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        data = buf.getvalue()
     else:
-        import json
-
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    os.replace(tmp, path)
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    storage.write_bytes_atomic(*storage.resolve(path), data)
     return path
 
 
@@ -239,8 +241,9 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     r = evaluate(model, loader, normalizer, device, num_classes=len(classes), expected=expected_clips(specs, lcfg),
                  amp=tcfg.amp, with_predictions=rank == 0)
     result: dict[str, Any] = {**r.metrics("eval_"), "split": split, "checkpoint": str(checkpoint)}
-    if rank == 0 and out is not None:
-        result["predictions"] = str(write_predictions(Path(out) / f"predictions_{split}.parquet", r.predictions,
-                                                      classes))
-        (Path(out) / f"eval_{split}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    if rank == 0 and out is not None:  # out: a local folder or an object-store URI
+        result["predictions"] = write_predictions(storage.join(os.fspath(out), f"predictions_{split}.parquet"),
+                                                  r.predictions, classes)
+        storage.write_bytes_atomic(*storage.resolve(storage.join(os.fspath(out), f"eval_{split}.json")),
+                                   (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     return result

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shards import storage
 from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
 from training.config import TrainConfig
@@ -70,6 +71,9 @@ class LocalSession(Session):
     """Checkpoints under ``root``: ``last/`` (latest) and ``best/`` (highest ``score``); world size 1 only."""
 
     def __init__(self, root: str | Path):
+        if storage.is_remote(root):
+            raise ValueError(f"{root}: a plain-process run keeps checkpoints on local disk; train through Ray "
+                             "(training.ray_train.run_training, `e3d train`) to write them to object storage")
         self.root = Path(root)
         self.best_score = -math.inf
         self.reports: list[dict[str, Any]] = []
@@ -193,7 +197,7 @@ def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = N
     """Train (and evaluate) one run on this rank. Returns the final metrics (the same on every rank), with
     ``status`` ``"finished"`` or ``"nonfinite"`` (NaN/inf loss: stopped, last good checkpoint kept)."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    session = session or LocalSession(Path(cfg.out) / "checkpoints")
+    session = session or LocalSession(storage.join(cfg.out, "checkpoints"))
 
     # -- distributed setup: TorchTrainer has initialised the process group; a direct call has none.
     ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -296,7 +300,7 @@ def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = N
     fault_kind, _, fault_step = (cfg.fault or "").partition("@")
     use_amp = cfg.amp and on_gpu
     prof_stack = contextlib.ExitStack()
-    prof = prof_stack.enter_context(maybe_profile(cfg.out, cfg.profile_steps, enabled=master and step == 0,
+    prof = prof_stack.enter_context(maybe_profile(obs.dir, cfg.profile_steps, enabled=master and step == 0,
                                                   cuda=on_gpu))
 
     # -- epochs
@@ -332,10 +336,10 @@ def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = N
             optimizer.step()
             step += 1
             if fault_kind == "raise" and step == int(fault_step) and master:
-                marker = Path(cfg.out) / f".fault-{cfg.fault}"
-                if not marker.exists():  # once per run directory, so the restarted run gets past it
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.touch()
+                fs, base = storage.resolve(cfg.out)
+                marker = storage.join(base, f".fault-{cfg.fault}")
+                if not storage.exists(fs, marker):  # once per run directory, so the restarted run gets past it
+                    storage.write_bytes_atomic(fs, marker, b"")
                     raise RuntimeError(f"injected fault at step {step} (TrainConfig.fault={cfg.fault!r})")
             top1, top5 = _topk_hits(logits.detach(), y, 5)
             loss_v, top1_v, top5_v = torch.stack([loss.detach(), top1.float(), top5.float()]).tolist()
@@ -407,8 +411,8 @@ def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = N
         obs.scalars(step, {"eval/video_top1": r.video_top1, "eval/video_top5": r.video_top5,
                            "eval/clip_top1": r.clip_top1})
         if master:
-            path = write_predictions(Path(cfg.out) / f"predictions_{val_split}.parquet", r.predictions, classes)
-            result["predictions"] = str(path)
+            result["predictions"] = write_predictions(storage.join(cfg.out, f"predictions_{val_split}.parquet"),
+                                                      r.predictions, classes)
             print(f"eval {val_split}: {r.videos} videos / {r.clips} clips: video top1 {r.video_top1:.3f} "
                   f"top5 {r.video_top5:.3f}, clip top1 {r.clip_top1:.3f}", flush=True)
     obs.write_json("metrics.json", result)

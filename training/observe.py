@@ -2,7 +2,8 @@
 optional torch.profiler trace. Only rank 0 writes; on other ranks every method is a no-op, so the training loop
 calls them unconditionally.
 
-Files under the run directory ``out``::
+Files under the run directory ``out`` (a local path, or an ``s3://``/``gs://`` URI: then rank 0 writes into a
+local working folder that is uploaded at every epoch end, after each JSON write and at close)::
 
     tensorboard/events.out.tfevents.*     scalars (see :class:`Observer`)
     profile/*.pt.trace.json               torch.profiler trace (open with torch-tb-profiler: tensorboard --logdir)
@@ -22,6 +23,8 @@ from typing import Any
 
 import torch
 
+from shards.storage import DirMirror
+
 
 class Observer:
     """Rank-0 reporting.
@@ -36,14 +39,18 @@ class Observer:
 
     def __init__(self, out: str, *, enabled: bool, print_fn=print):
         self.enabled = enabled
-        self.out = Path(out)
         self.print = print_fn
         self.writer = None
+        self.mirror: DirMirror | None = None
+        #: local folder standing for ``out`` (``out`` itself when local); None on ranks other than 0
+        self.dir: Path | None = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+            self.mirror = DirMirror(out, prefix="e3d-run-")
+            self.dir = Path(self.mirror.local)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if self.writer is None:
@@ -64,23 +71,33 @@ class Observer:
         self.print(line, flush=True)
 
     def write_json(self, name: str, payload: Mapping[str, Any]) -> Path | None:
-        """Write ``out/name`` atomically (temporary file + rename)."""
-        if not self.enabled:
+        """Write ``out/name`` atomically (temporary file + rename; on object storage one PUT)."""
+        if self.dir is None:
             return None
-        path = self.out / name
+        path = self.dir / name
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=float) + "\n")
         os.replace(tmp, path)
+        self.sync()
         return path
+
+    def sync(self) -> None:
+        """Upload what changed to an object-store ``out`` (no-op for a local one)."""
+        if self.mirror is not None:
+            self.mirror.sync()
 
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
+        self.sync()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
 
 
 class Meter:
@@ -121,13 +138,13 @@ class Meter:
 
 
 @contextlib.contextmanager
-def maybe_profile(out: str, steps: int, *, enabled: bool, cuda: bool) -> Iterator[Any]:
+def maybe_profile(out: str | Path | None, steps: int, *, enabled: bool, cuda: bool) -> Iterator[Any]:
     """A torch.profiler context recording ``steps`` steps after one warm-up step, written with
-    ``tensorboard_trace_handler`` to ``out/profile`` (the torch-tb-profiler plugin reads that folder).
+    ``tensorboard_trace_handler`` to ``out/profile`` (a local folder; the torch-tb-profiler plugin reads it).
 
     Yields the profiler (call ``.step()`` once per training step) or None when off.
     """
-    if not enabled or steps <= 0:
+    if not enabled or steps <= 0 or out is None:
         yield None
         return
     from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
