@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	@# an interrupted earlier setup can leave a venv without pip: start it again
 	@[ -x $(BIN)/pip ] || (rm -rf $(VENV) && $(PY) -m venv $(VENV))
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	@# compat: a path entry, not an import hook. Ray puts the driver's working directory first on its workers'
+	@# sys.path, and an output folder there named shards/ would otherwise shadow the package.
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 demo: setup

@@ -87,7 +87,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = {**base, **_model_kwargs(args.set)}
     cfg = SweepConfig(dataset=args.dataset, shards=args.shards, out=args.out, trials=tuple(trials), base=base,
                       workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, use_gpu=args.gpu,
-                      address=args.address, num_cpus=args.num_cpus)
+                      address=args.address, num_cpus=args.num_cpus, shared_decode=args.shared_decode,
+                      max_group=args.max_group)
     results = run_sweep(cfg)
     failed = [r.trial for r in results if r.status != "finished"]
     if failed:
@@ -270,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="training setting for every trial, e.g. epochs=30 (repeatable)")
     s.add_argument("--workers-per-trial", type=int, default=1)
+    s.add_argument("--shared-decode", action="store_true",
+                   help="train trials that read the same clips together: one decode pass feeds several models")
+    s.add_argument("--max-group", type=int, default=8, help="with --shared-decode: models per group (default 8)")
     s.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     s.add_argument("--gpu", action="store_true")
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -313,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"e3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `e3d models | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by the pipe
 
 
 if __name__ == "__main__":

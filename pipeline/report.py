@@ -24,7 +24,8 @@ class TrialResult:
 
     ``mflops`` is in the paper's convention (Table 8), ``macs_m`` exact multiply-accumulates in millions,
     ``clips_per_s`` inference speed at batch 8 from the model speed bench, ``decode_cpu_s_per_clip`` the CPU
-    seconds the loader spent per trained clip.
+    seconds the loader spent per trained clip (a group's decode cost split over its models), ``wall_s`` the
+    wall time of its Ray Train run (a group's, for its members).
     """
 
     trial: str
@@ -43,6 +44,7 @@ class TrialResult:
     wall_s: float
     decode_cpu_s_per_clip: float
     overrides: str = ""
+    decode_group: str = ""  # the shared-decode group it trained in ("" when it trained alone)
 
 
 SCHEMA = pa.schema([(f.name, {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}[f.type])
@@ -123,7 +125,11 @@ def build_report(root: str) -> tuple[str, str]:
           "Speed: inference clips/s at batch 8, channels_last_3d, measured by the sweep on its driver's device "
           "(the setting of `e3d bench models`).", "",
           f"Data cost: {total_decode:.1f} CPU-s of decoding for {total_clips} trained clips "
-          f"= {1000 * total_decode / max(total_clips, 1):.2f} CPU-ms per clip.", ""]
+          f"= {1000 * total_decode / max(total_clips, 1):.2f} CPU-ms per clip."
+          + (f" {sum(bool(r.decode_group) for r in results)} of {len(results)} trials trained in "
+             f"{len({r.decode_group for r in results if r.decode_group})} shared-decode group(s): one decode pass "
+             "fed every model of a group, so each trained clip carries a share of one decode."
+             if any(r.decode_group for r in results) else ""), ""]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     pts = [(r.mflops, 100 * r.video_top1) for r in results]
     families = sorted({r.model.split("_")[0] for r in results})

@@ -11,6 +11,7 @@ ones from their last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -45,7 +46,9 @@ class SweepConfig:
 
     ``base`` holds TrainConfig overrides applied to every trial (e.g. epochs, clip_len, size, batch_size);
     ``workers_per_trial`` Ray Train workers each; ``max_concurrent`` trials at once (None: as many as the
-    cluster's CPUs, or GPUs with ``use_gpu``, allow).
+    cluster's CPUs, or GPUs with ``use_gpu``, allow). ``shared_decode`` trains trials that read the same clips
+    together, up to ``max_group`` models fed by one decode pass (:func:`training.loop.train_group`); a group
+    takes one slot.
     """
 
     dataset: str
@@ -59,6 +62,8 @@ class SweepConfig:
     address: str | None = None
     num_cpus: int | None = None
     speed_iters: int = 5
+    shared_decode: bool = False
+    max_group: int = 8
 
 
 def _slug(text: str) -> str:
@@ -198,33 +203,75 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _run_trial(cfg: SweepConfig, trial: TrialSpec, counts: tuple[int, float, float], decode_s: float
-               ) -> TrialResult:
-    from training.ray_train import run_training
+def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[str, tuple[int, float, float]],
+                decode_s: float) -> list[TrialResult]:
+    """Run one trial (its own Ray Train run) or a shared-decode group (one Ray Train run whose loader feeds
+    every trial's model; checkpoints under ``out/groups/<id>``). Returns one result per trial."""
+    from training.ray_train import run_group
 
-    tcfg = _train_config(cfg, trial)
+    tcfgs = [_train_config(cfg, t) for t in trials]
+    grouped = len(trials) > 1
+    run_dir = _group_dir(cfg, trials) if grouped else tcfgs[0].out
     t0 = time.monotonic()
-    params, mflops, macs = counts
     try:
-        # resume=True: an unfinished trial continues from its last checkpoint, a new one starts fresh
-        m = run_training(tcfg, workers=cfg.workers_per_trial, resume=True, address=cfg.address)
-        status = m.get("status", "finished")
+        # resume=True: an unfinished trial (or group) continues from its last checkpoint, a new one starts fresh
+        ms = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume=True, address=cfg.address)
+        statuses = [m.get("status", "finished") for m in ms]
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
-        m, status = {}, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        ms = [{} for _ in trials]
+        statuses = [f"failed: {_cause(exc)}"] * len(ms)
+    wall = time.monotonic() - t0
     nan = float("nan")
-    steps = int(m.get("step", 0) or 0)
-    result = TrialResult(
-        trial=trial.name, model=trial.model, dataset=cfg.dataset, status=status, params=params, mflops=mflops,
-        macs_m=macs, clips_per_s=_speed(trial, cfg.speed_iters, cfg.use_gpu),
-        video_top1=float(m.get("eval_video_top1", nan)), video_top5=float(m.get("eval_video_top5", nan)),
-        clip_top1=float(m.get("eval_clip_top1", nan)), epochs=int(m.get("epochs", 0) or 0),
-        train_clips=steps * int(tcfg.batch_size), wall_s=time.monotonic() - t0, decode_cpu_s_per_clip=decode_s,
-        overrides=",".join(f"{k}={v}" for k, v in sorted({**trial.model_kwargs, **trial.overrides}.items())),
-    )
-    if status == "finished":
-        storage.write_bytes_atomic(*storage.resolve(storage.join(tcfg.out, TRIAL_FILE)),
-                                   json.dumps(dataclasses.asdict(result), indent=1, sort_keys=True).encode())
-    return result
+    results = []
+    for trial, tcfg, m, status in zip(trials, tcfgs, ms, statuses, strict=True):
+        params, mflops, macs = counts[trial.name]
+        result = TrialResult(
+            trial=trial.name, model=trial.model, dataset=cfg.dataset, status=status, params=params, mflops=mflops,
+            macs_m=macs, clips_per_s=_speed(trial, cfg.speed_iters, cfg.use_gpu),
+            video_top1=float(m.get("eval_video_top1", nan)), video_top5=float(m.get("eval_video_top5", nan)),
+            clip_top1=float(m.get("eval_clip_top1", nan)), epochs=int(m.get("epochs", 0) or 0),
+            train_clips=int(m.get("step", 0) or 0) * int(tcfg.batch_size), wall_s=wall,
+            # one decode pass feeds every model of a group: each trained clip costs a share of a decode
+            decode_cpu_s_per_clip=decode_s / len(trials),
+            overrides=",".join(f"{k}={v}" for k, v in sorted({**trial.model_kwargs, **trial.overrides}.items())),
+            decode_group=run_dir.rsplit("/", 1)[-1] if grouped else "",
+        )
+        if status == "finished":
+            storage.write_bytes_atomic(*storage.resolve(storage.join(tcfg.out, TRIAL_FILE)),
+                                       json.dumps(dataclasses.asdict(result), indent=1, sort_keys=True).encode())
+        results.append(result)
+    return results
+
+
+def _cause(exc: BaseException) -> str:
+    """One line saying why a run failed: the innermost ``SomeError: message`` line of Ray's wrapped traceback
+    (its first line is only "Training failed due to worker errors:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (errors[-1] if errors else f"{type(exc).__name__}: {lines[0] if lines else ''}")[:300]
+
+
+def _group_dir(cfg: SweepConfig, trials: Sequence[TrialSpec]) -> str:
+    """``out/groups/group-<hash of the member names>``: the Ray Train run directory of a shared-decode group
+    (the same members find their checkpoints again on a rerun)."""
+    digest = hashlib.sha1("\n".join(t.name for t in trials).encode()).hexdigest()[:10]
+    return storage.join(storage.canonical(cfg.out), "groups", f"group-{digest}")
+
+
+def plan_groups(cfg: SweepConfig, trials: Sequence[TrialSpec]) -> list[list[TrialSpec]]:
+    """How the trials run: one per Ray Train run, or with ``cfg.shared_decode`` grouped so that trials that read
+    the same clips (equal :data:`training.config.DATA_FIELDS` settings) share one decode pass, at most
+    ``cfg.max_group`` models per group. Order follows ``trials``."""
+    if not cfg.shared_decode:
+        return [[t] for t in trials]
+    from training.config import DATA_FIELDS
+
+    by_key: dict[tuple, list[TrialSpec]] = {}
+    for t in trials:
+        tcfg = _train_config(cfg, t)
+        by_key.setdefault(tuple(repr(getattr(tcfg, f)) for f in DATA_FIELDS), []).append(t)
+    size = max(1, cfg.max_group)
+    return [same[i:i + size] for same in by_key.values() for i in range(0, len(same), size)]
 
 
 def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
@@ -267,13 +314,17 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
         if todo:
             log(f"[sweep] {len(todo)} trial(s) to run, {slots} at a time; loader decode cost "
                 f"{1000 * decode_s:.2f} CPU-ms per clip")
+        groups = plan_groups(cfg, todo)
+        if cfg.shared_decode:
+            log(f"[sweep] shared decode: {len(todo)} trial(s) in {len(groups)} Ray Train run(s) "
+                f"({', '.join(str(len(g)) for g in groups)} models each)")
         with ThreadPoolExecutor(max_workers=slots) as pool:
-            futures = {pool.submit(_run_trial, cfg, t, counts[t.name], decode_s): t for t in todo}
+            futures = [pool.submit(_run_trials, cfg, g, counts, decode_s) for g in groups]
             for fut in as_completed(futures):
-                r = fut.result()
-                done[r.trial] = r
-                log(f"[sweep] {r.trial}: {r.status}, video top-1 {r.video_top1:.3f}, {r.mflops:.0f} MFLOPs, "
-                    f"{r.wall_s:.0f} s")
+                for r in fut.result():
+                    done[r.trial] = r
+                    log(f"[sweep] {r.trial}: {r.status}, video top-1 {r.video_top1:.3f}, {r.mflops:.0f} MFLOPs, "
+                        f"{r.wall_s:.0f} s{f' (group {r.decode_group})' if r.decode_group else ''}")
     finally:
         if started:
             ray.shutdown()

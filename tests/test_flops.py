@@ -137,3 +137,19 @@ def test_report_plain_and_markdown() -> None:
     assert len(table_lines) == 2 * 2 + 17 + 4  # two headers + rules, 17 configs, 4 baselines
     row = "| 3D-ShuffleNetV2 1.0x | shufflenetv2_1.0x | 1,914,180 | 1.91M | 186.54 | 194.92 | 195 | yes |"
     assert row in md
+
+
+def test_cli_table_into_a_closed_pipe_ends_quietly() -> None:
+    """`e3d models | head`: the reader is gone before the table is written; exit 141 without a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "models"], stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and b"Traceback" not in proc.stderr, proc.stderr.decode()

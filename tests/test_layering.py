@@ -43,3 +43,19 @@ def test_the_checker_sees_imports(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("import os\nfrom training.models import get_model\nimport preprocess.decode as d\n")
     assert imported_packages(f) == {"training", "preprocess"}
+
+
+def test_packages_are_not_shadowed_by_output_folders_in_the_working_directory(tmp_path):
+    """Ray puts the driver's working directory first on its workers' sys.path, and users run `e3d` from the
+    folder where `--out shards` wrote `shards/manifest/...`: those folders must not shadow our packages."""
+    import subprocess
+    import sys
+
+    for d in ("shards/manifest", "shards/shards", "training/models", "preprocess", "pipeline"):
+        (tmp_path / d).mkdir(parents=True)
+    code = ("import shards.manifest, training.loop, preprocess.run, pipeline.cli\n"
+            "from shards.manifest import read_dataset_info\n"
+            "print(shards.__file__, training.loop.__file__)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert all(Path(p).is_relative_to(REPO) for p in proc.stdout.split()), proc.stdout

@@ -38,13 +38,18 @@ def test_user_grid_is_a_cross_product_with_checked_keys(tmp_path):
         load_grid(str(g))
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_sweep_of_three_models_on_shared_shards(ray_local, tmp_path):
+def _shards(tmp_path: Path) -> Path:
     src, shards = tmp_path / "jester", tmp_path / "shards"
     generate("jester", src, SynthConfig(num_classes=2, videos_per_class=4, seed=4, bad_inputs=False))
     preprocess(PreprocessConfig(dataset="jester", src=str(src), out=str(shards), shard_size=4, progress=False),
                executor=run_tasks_local)
+    return shards
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_of_three_models_on_shared_shards(ray_local, tmp_path):
+    shards = _shards(tmp_path)
     before = sorted(p.stat().st_mtime_ns for p in shards.rglob("*.tar"))
     trials = (TrialSpec("shufflenetv2_0.25x", "shufflenetv2_0.25x"), TrialSpec("mobilenetv2_0.2x", "mobilenetv2_0.2x"),
               TrialSpec("shufflenetv1_g2", "shufflenetv1", {"width_mult": 1.0, "groups": 2}))
@@ -77,3 +82,34 @@ def test_sweep_of_three_models_on_shared_shards(ray_local, tmp_path):
     assert resumed.get("resumed_at_step", 0) > 0
     assert not math.isnan(again[1].video_top1)
     assert Path(out / "sweep.json").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_shared_decode_sweep_feeds_several_models_from_one_decode_pass(ray_local, tmp_path):
+    shards = _shards(tmp_path)
+    trials = (TrialSpec("shufflenetv2_0.25x", "shufflenetv2_0.25x"), TrialSpec("mobilenetv2_0.2x", "mobilenetv2_0.2x"),
+              TrialSpec("shufflenetv2_lr", "shufflenetv2_0.25x", overrides={"lr": 0.05}),
+              TrialSpec("short_clips", "shufflenetv2_0.25x", overrides={"clip_len": 4}))  # other clips: own run
+    out = tmp_path / "sweep"
+    cfg = SweepConfig(dataset="jester", shards=str(shards), out=str(out), trials=trials, base=TINY,
+                      workers_per_trial=1, max_concurrent=2, speed_iters=1, shared_decode=True)
+    logs: list[str] = []
+    results = {r.trial: r for r in run_sweep(cfg, log=logs.append)}
+    assert any("4 trial(s) in 2 Ray Train run(s) (3, 1 models each)" in line for line in logs), logs
+    assert all(r.status == "finished" and 0.0 <= r.video_top1 <= 1.0 for r in results.values())
+    group = {results[t.name].decode_group for t in trials[:3]}
+    assert len(group) == 1 and group != {""} and results["short_clips"].decode_group == ""
+    # one decode pass for three models: each trained clip carries a third of a decode
+    shared = results["mobilenetv2_0.2x"].decode_cpu_s_per_clip
+    assert shared > 0 and results["short_clips"].decode_cpu_s_per_clip == pytest.approx(3 * shared)
+    (gid,) = group
+    assert list((out / "groups" / gid).glob("*/checkpoint.pt"))  # the group's checkpoints hold all three
+    for t in trials:
+        run = out / "trials" / t.name
+        assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+        assert (run / "trial.json").exists() and (run / "predictions_validation.parquet").exists()
+    assert "shared-decode group" in (out / "report.md").read_text()
+    logs.clear()
+    run_sweep(cfg, log=logs.append)
+    assert sum("finished earlier, skipped" in line for line in logs) == 4

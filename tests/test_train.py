@@ -25,7 +25,7 @@ from training.checkpoints import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import ClipLoader, ClipNormalizer, ClipStream, LoaderConfig, normalization_for, shard_specs
 from training.evaluate import EvalCountError, evaluate, expected_clips
-from training.loop import LocalSession, head_keys, make_scheduler, train_loop
+from training.loop import LocalSession, head_keys, make_scheduler, train_group, train_loop
 from training.models import get_model
 
 TINY = {"model": "shufflenetv2_0.25x", "clip_len": 8, "size": 32, "batch_size": 4, "loader_workers": 0,
@@ -129,6 +129,37 @@ def test_direct_run_writes_checkpoints_tensorboard_profile_and_predictions(tiny_
     preds = pq.read_table(result["predictions"]).to_pylist()
     assert len(preds) == 15 and min(p["clips"] for p in preds) >= 1
     assert sum(p["pred"] == p["label"] for p in preds) / 15 == pytest.approx(result["eval_video_top1"])
+
+
+@pytest.mark.slow
+def test_shared_decode_group_trains_each_model_exactly_as_alone(tiny_shards, tmp_path):
+    # No dropout: then nothing random depends on the other models of the group, and the group's first
+    # member must end bit-identical to the same config trained alone from its own decode pass.
+    a = tiny_cfg(tiny_shards, tmp_path / "alone", epochs=2, dropout=0.0)
+    alone = train_loop(a)
+    members = [a.replace(out=str(tmp_path / "g" / "a")),
+               tiny_cfg(tiny_shards, tmp_path / "g" / "b", model="mobilenetv2_0.2x", lr=0.02, epochs=2, dropout=0.0)]
+    first = train_group([m.replace(epochs=1) for m in members], LocalSession(tmp_path / "g" / "ckpt"))
+    assert [r["status"] for r in first] == ["finished"] * 2 and first[1]["model"] == "mobilenetv2_0.2x"
+    group = train_group(members, LocalSession(tmp_path / "g" / "ckpt"))  # resumes both from the epoch-1 checkpoint
+    assert [r["resumed_at_step"] for r in group] == [3, 3] and [r["step"] for r in group] == [6, 6]
+
+    own = _weights(tmp_path / "g" / "a" / "checkpoint.pt")
+    reference = _weights(tmp_path / "alone" / "checkpoints" / "last" / "checkpoint.pt")
+    assert own.keys() == reference.keys() and all(torch.equal(own[k], reference[k]) for k in own)
+    assert group[0]["eval_video_top1"] == alone["eval_video_top1"]
+    for name, result in zip("ab", group, strict=True):
+        out = tmp_path / "g" / name
+        assert json.loads((out / "metrics.json").read_text())["status"] == "finished"
+        assert len(pq.read_table(out / "predictions_validation.parquet")) == 15
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+        model, ckpt = load_checkpoint(out / "checkpoint.pt")
+        assert model.config.name == result["model"] and ckpt["extra"]["step"] == 6
+
+    with pytest.raises(ValueError, match="clip_len"):  # one decode pass needs the same clips for every model
+        train_group([members[0], members[1].replace(clip_len=4)])
+    with pytest.raises(ValueError, match="same members in the same order"):
+        train_group(members[::-1], LocalSession(tmp_path / "g" / "ckpt"))
 
 
 @pytest.mark.slow

@@ -27,6 +27,13 @@ DATASETS = ("kinetics600", "jester", "ucf101")
 #: (train split, validation split) per dataset, as named in the shard manifests.
 DEFAULT_SPLITS = {"kinetics600": ("train", "val"), "jester": ("train", "validation"), "ucf101": ("train1", "test1")}
 
+#: The settings that decide which clips a run reads, in which order, and when it validates and checkpoints.
+#: Runs that agree on all of them can share one decode pass (:func:`training.loop.train_group`); model,
+#: recipe (lr, schedule, dropout, ...), normalisation, precision and ``out`` may differ.
+DATA_FIELDS = ("dataset", "shards", "train_split", "val_split", "epochs", "batch_size", "clip_len", "size",
+               "crop_scales", "loader_workers", "seed", "val_every", "final_eval", "checkpoint_every_steps",
+               "max_steps_per_epoch", "use_gpu", "log_every", "profile_steps", "fault")
+
 SCHEDULES = ("plateau", "multistep", "constant")
 FINETUNE_MODES = ("none", "last-layer")
 PRETRAINED_FORMATS = ("auto", "ours", "released")

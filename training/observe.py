@@ -60,12 +60,13 @@ class Observer:
                 self.writer.add_scalar(tag, float(v), step)
 
     def epoch_line(self, epoch: int, epochs: int, step: int, train: Mapping[str, float],
-                   val: Mapping[str, float] | None, lr: float) -> None:
-        """One console line per epoch (the progress report)."""
+                   val: Mapping[str, float] | None, lr: float, name: str | None = None) -> None:
+        """One console line per epoch (the progress report); ``name`` prefixes it (a member of a group)."""
         if not self.enabled:
             return
-        line = (f"epoch {epoch + 1}/{epochs} step {step}: loss {train['loss']:.4f} top1 {train['top1']:.3f} "
-                f"lr {lr:.2e} {train['clips_per_s']:.1f} clips/s data-wait {train['data_wait_frac']:.0%}")
+        line = (f"{name + ': ' if name else ''}epoch {epoch + 1}/{epochs} step {step}: loss {train['loss']:.4f} "
+                f"top1 {train['top1']:.3f} lr {lr:.2e} {train['clips_per_s']:.1f} clips/s "
+                f"data-wait {train['data_wait_frac']:.0%}")
         if val:
             line += f" | val loss {val['loss']:.4f} top1 {val['top1']:.3f} top5 {val['top5']:.3f}"
         self.print(line, flush=True)

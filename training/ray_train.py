@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch
 
 from shards import storage
 from training.config import TrainConfig
-from training.loop import CHECKPOINT_FILE, NonFiniteLossError, Session, train_loop
+from training.loop import CHECKPOINT_FILE, NonFiniteLossError, Session, train_group
 
 # Ray's unix socket paths break when its temp dir is long (pytest's tmp dirs are).
 RAY_TEMP_DIR = "/tmp/e3dray"
@@ -87,7 +88,7 @@ class RaySession(Session):
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    train_loop(config, RaySession())
+    train_group(config["members"], RaySession())
 
 
 def has_run_state(out: str) -> bool:
@@ -133,15 +134,35 @@ def run_training(cfg: TrainConfig, *, workers: int = 2, max_failures: int = 1, a
     went NaN/inf (the last good checkpoint stays in the run directory) and ``RuntimeError`` when the run failed
     beyond ``max_failures``.
     """
-    run_dir = storage.canonical(cfg.out)
-    cfg = cfg.replace(out=run_dir)
+    metrics = run_group([cfg], cfg.out, workers=workers, max_failures=max_failures, address=address,
+                        resume=resume, num_cpus=num_cpus)[0]
+    if metrics.get("status") == "nonfinite":
+        raise NonFiniteLossError(f"{metrics['message']} Last good checkpoint: {metrics['checkpoint']}")
+    return metrics
+
+
+def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, max_failures: int = 1,
+              address: str | None = None, resume: bool = False, num_cpus: int | None = None
+              ) -> list[dict[str, Any]]:
+    """Train several models from one decode pass (:func:`training.loop.train_group`) as one Ray Train run
+    whose checkpoints live in ``run_dir``; each member's metrics, TensorBoard and predictions go to its own
+    ``out``. With one config whose ``out`` is ``run_dir`` this is :func:`run_training`.
+
+    Returns each member's final metrics (``status`` ``finished`` or ``nonfinite``) with ``checkpoint``: the
+    run's latest checkpoint for a single run, the member's own final ``out/checkpoint.pt`` in a group (the
+    group's checkpoint, which holds every member, is ``group_checkpoint``).
+    """
+    run_dir = storage.canonical(run_dir)
+    # Absolute paths: Ray's workers run in a directory of their own, where a relative path means nothing.
+    cfgs = [c.replace(out=storage.canonical(c.out), shards=storage.canonical(c.shards),
+                      pretrained=storage.canonical(c.pretrained) if c.pretrained else None) for c in cfgs]
     if has_run_state(run_dir) and not resume:
         raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume) to continue it or choose "
                          "another --out")
     started = init_ray(address, num_cpus=num_cpus)
     try:
-        trainer = _trainer(_train_worker, cfg.to_dict(), workers=workers, use_gpu=cfg.use_gpu, run_dir=run_dir,
-                           max_failures=max_failures, keep_best=True)
+        trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs]}, workers=workers,
+                           use_gpu=cfgs[0].use_gpu, run_dir=run_dir, max_failures=max_failures, keep_best=True)
         result = trainer.fit()
     finally:
         if started:
@@ -150,17 +171,23 @@ def run_training(cfg: TrainConfig, *, workers: int = 2, max_failures: int = 1, a
             ray.shutdown()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
-    # Ray's Result keeps the metrics of checkpoint reports; the loop's final summary is rank 0's metrics.json.
-    fs, summary = storage.resolve(storage.join(run_dir, "metrics.json"))
-    metrics = (json.loads(storage.read_bytes(fs, summary)) if storage.exists(fs, summary)
-               else dict(result.metrics or {}))
-    metrics["checkpoint"] = _checkpoint_uri(result.checkpoint) if result.checkpoint else None
+    latest = _checkpoint_uri(result.checkpoint) if result.checkpoint else None
     best = getattr(result, "best_checkpoints", None) or []
     scored = [(m.get("score", -1.0), _checkpoint_uri(c)) for c, m in best]
-    metrics["best_checkpoint"] = max(scored)[1] if scored else metrics["checkpoint"]
-    if metrics.get("status") == "nonfinite":
-        raise NonFiniteLossError(f"{metrics['message']} Last good checkpoint: {metrics['checkpoint']}")
-    return metrics
+    out = []
+    for c in cfgs:
+        # Ray's Result keeps the metrics of checkpoint reports; the loop's final summary is rank 0's metrics.json.
+        fs, summary = storage.resolve(storage.join(c.out, "metrics.json"))
+        metrics = (json.loads(storage.read_bytes(fs, summary)) if storage.exists(fs, summary)
+                   else dict(result.metrics or {}))
+        if len(cfgs) == 1:
+            metrics["checkpoint"] = latest
+            metrics["best_checkpoint"] = max(scored)[1] if scored else latest
+        else:
+            metrics["checkpoint"] = metrics["best_checkpoint"] = metrics.get("final_checkpoint")
+            metrics["group_checkpoint"] = latest
+        out.append(metrics)
+    return out
 
 
 def _eval_worker(config: dict[str, Any]) -> None:
@@ -184,7 +211,7 @@ def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, 
         extra = load_checkpoint(checkpoint)[1].get("extra") or {}
         split = TrainConfig.from_dict(extra["train_config"]).splits[1] if "train_config" in extra else None
     out = storage.canonical(out)
-    kwargs = {"checkpoint": storage.canonical(checkpoint), "shards": shards, "out": out,
+    kwargs = {"checkpoint": storage.canonical(checkpoint), "shards": storage.canonical(shards), "out": out,
               "split": split, "batch_size": batch_size, "use_gpu": use_gpu}
     if workers <= 1:
         return evaluate_checkpoint(**kwargs)
