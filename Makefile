@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 	@# an interrupted earlier setup can leave a venv without pip: start it again
 	@[ -x $(BIN)/pip ] || (rm -rf $(VENV) && $(PY) -m venv $(VENV))
 	$(BIN)/pip install -q --upgrade pip
-	@# compat: a path entry, not an import hook. Ray puts the driver's working directory first on its workers'
-	@# sys.path, and an output folder there named shards/ would otherwise shadow the package.
-	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[dev]'
+	@# setuptools' editable install is an import hook consulted after sys.path, and Ray puts the driver's working
+	@# directory first on its workers' sys.path: an output folder named shards/ there would shadow the package.
+	@# A plain path entry for the checkout is found first.
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "efficient3d-checkout.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
 	@touch $(STAMP)
 
 demo: setup
