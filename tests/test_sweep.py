@@ -3,6 +3,7 @@ Table 8 report and plot, skipping finished trials and resuming unfinished ones o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -113,3 +114,28 @@ def test_shared_decode_sweep_feeds_several_models_from_one_decode_pass(ray_local
     logs.clear()
     run_sweep(cfg, log=logs.append)
     assert sum("finished earlier, skipped" in line for line in logs) == 4
+
+
+def test_shared_decode_groups_only_trials_that_read_the_same_clips():
+    from pipeline.sweep import plan_groups
+
+    trials = [TrialSpec("a", "shufflenetv2_0.25x"), TrialSpec("b", "mobilenetv2_0.2x", overrides={"lr": 0.01}),
+              TrialSpec("c", "shufflenetv2_0.25x", overrides={"clip_len": 4}), TrialSpec("d", "squeezenet1_1"),
+              TrialSpec("e", "shufflenetv1_0.5x", overrides={"dropout": 0.5})]
+    cfg = SweepConfig(dataset="jester", shards="/s", out="/o", trials=tuple(trials), base=TINY, shared_decode=True,
+                      max_group=2)
+    names = [[t.name for t in g] for g in plan_groups(cfg, trials)]
+    # lr and dropout are per model; clip_len changes the clips. Groups hold at most max_group models.
+    assert names == [["a", "b"], ["d", "e"], ["c"]]
+    separate = dataclasses.replace(cfg, shared_decode=False)
+    assert [[t.name for t in g] for g in plan_groups(separate, trials)] == [[t.name] for t in trials]
+
+
+def test_a_failed_trial_reports_the_innermost_error():
+    from pipeline.sweep import _cause
+
+    ray_style = RuntimeError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent "
+                             "call last):\n  File \"x.py\", line 1, in f\nFileNotFoundError: /d/dataset.json: not a "
+                             "preprocessed dataset (dataset.json missing)\n")
+    assert _cause(ray_style) == "FileNotFoundError: /d/dataset.json: not a preprocessed dataset (dataset.json missing)"
+    assert _cause(ValueError("bad grid")) == "ValueError: bad grid"
