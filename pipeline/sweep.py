@@ -264,12 +264,9 @@ def plan_groups(cfg: SweepConfig, trials: Sequence[TrialSpec]) -> list[list[Tria
     ``cfg.max_group`` models per group. Order follows ``trials``."""
     if not cfg.shared_decode:
         return [[t] for t in trials]
-    from training.config import DATA_FIELDS
-
     by_key: dict[tuple, list[TrialSpec]] = {}
     for t in trials:
-        tcfg = _train_config(cfg, t)
-        by_key.setdefault(tuple(repr(getattr(tcfg, f)) for f in DATA_FIELDS), []).append(t)
+        by_key.setdefault(_train_config(cfg, t).data_key(), []).append(t)
     size = max(1, cfg.max_group)
     return [same[i:i + size] for same in by_key.values() for i in range(0, len(same), size)]
 

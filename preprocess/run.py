@@ -80,11 +80,10 @@ class PreprocessSummary:
 def make_tasks(cfg: PreprocessConfig) -> tuple[Listing, list[ShardTask]]:
     adapter = get_adapter(cfg.dataset)
     listing = adapter.list(cfg.src, cfg.splits or None)
-    _, out_base = storage.resolve(cfg.out)
     tasks = plan_shards(
         listing,
         src_root=str(storage.resolve(cfg.src)[1]),
-        out_root=cfg.out if "://" in cfg.out else out_base,
+        out_root=storage.canonical(cfg.out),
         shard_size=cfg.shard_size or DEFAULT_SHARD_SIZE.get(cfg.dataset, 100),
         short_side=cfg.short_side,
         quality=cfg.quality,

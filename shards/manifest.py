@@ -142,8 +142,7 @@ def read_dataset_info(root: str) -> dict[str, Any]:
 
 def shard_urls(root: str, split: str) -> list[str]:
     """Absolute paths/URIs of the shards holding ``split``, in manifest order."""
-    fs, base = storage.resolve(root)
-    prefix = root.rstrip("/") if "://" in str(root) else base
+    prefix = storage.canonical(root)
     return [storage.join(prefix, p) for p in read_table(root, split, "shards").column("path").to_pylist()]
 
 

@@ -147,9 +147,9 @@ def is_remote(uri: str | os.PathLike) -> bool:
 
 
 def canonical(uri: str | os.PathLike) -> str:
-    """An absolute local path, or the URI without a trailing slash."""
+    """An absolute local path, or the URI (any scheme, ``file://`` too) without a trailing slash."""
     s = os.fspath(uri)
-    return s.rstrip("/") if is_remote(s) else os.path.abspath(s)
+    return s.rstrip("/") if "://" in s else os.path.abspath(s)
 
 
 def to_uri(fs: pafs.FileSystem, path: str) -> str:
@@ -157,12 +157,6 @@ def to_uri(fs: pafs.FileSystem, path: str) -> str:
     path."""
     scheme = {"s3": "s3", "gcs": "gs"}.get(fs.type_name)
     return f"{scheme}://{path.lstrip('/')}" if scheme else path
-
-
-def list_files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
-    """Every file below ``directory`` (recursively); empty when it does not exist."""
-    infos = fs.get_file_info(pafs.FileSelector(directory, recursive=True, allow_not_found=True))
-    return [i for i in infos if i.type == pafs.FileType.File]
 
 
 class DirMirror:
@@ -177,7 +171,7 @@ class DirMirror:
     def __init__(self, uri: str, prefix: str = "e3d-mirror-"):
         self.uri = os.fspath(uri)
         self.remote = is_remote(self.uri)
-        self.local = tempfile.mkdtemp(prefix=prefix) if self.remote else os.path.abspath(self.uri)
+        self.local = tempfile.mkdtemp(prefix=prefix) if self.remote else resolve(self.uri)[1]
         self._sent: dict[str, tuple[int, int]] = {}
 
     def sync(self) -> int:

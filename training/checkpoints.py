@@ -149,10 +149,10 @@ def _load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: s
 
 
 def _torch_load(path: PathLike, map_location: str | torch.device) -> Any:
+    fs, key = storage.resolve(path)
     if storage.is_remote(path):  # a checkpoint on object storage (s3://, gs://) is read into memory
-        fs, key = storage.resolve(path)
         return torch.load(io.BytesIO(storage.read_bytes(fs, key)), map_location=map_location, weights_only=True)
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    return torch.load(Path(key), map_location=map_location, weights_only=True)
 
 
 def _head_shape_key(name: str, model_kwargs: Mapping[str, Any]) -> str:

@@ -182,6 +182,10 @@ class TrainConfig:
                              "workers; pick a multiple of the worker count")
         return self.batch_size // world_size
 
+    def data_key(self) -> tuple[Any, ...]:
+        """The :data:`DATA_FIELDS` values: configs with equal keys read the same clips (one decode pass)."""
+        return tuple(getattr(self, f) for f in DATA_FIELDS)
+
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-DATASETS = ("kinetics600", "jester", "ucf101")
+from training.config import DATASETS
+
 MODES = ("train", "val", "eval")
 
 #: Crop scales of the multi-scale crop, as fractions of the short side: 1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2.
