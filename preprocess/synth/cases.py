@@ -67,6 +67,7 @@ class Case:
         return self.video_kw(cfg).get("frames", 0)
 
     def note_for(self, cfg: SynthConfig, unknown_label: str) -> str:
+        """``note`` with ``{unk}`` and ``{truncate}`` filled in."""
         return self.note.format(unk=unknown_label, truncate=cfg.truncate_fraction)
 
 

@@ -59,6 +59,8 @@ def seed(cfg: SynthConfig, dataset: str, relpath: str) -> tuple[int, ...]:
 
 
 def video_job(root: Path, item: SynthItem, v: Video) -> Callable[[], None]:
+    """A job that encodes ``v`` into ``root / item.relpath``."""
+
     def job() -> None:
         encode(root / item.relpath, v)
 
@@ -68,6 +70,7 @@ def video_job(root: Path, item: SynthItem, v: Video) -> Callable[[], None]:
 def video_item(
     relpath: str, split: str | None, label: str | None, expect: str, kind: str, v: Video, note: str = ""
 ) -> SynthItem:
+    """The report item of video ``v`` stored at ``relpath``; ``frames`` only where a decoder should get them."""
     return SynthItem(
         relpath=relpath,
         split=split,
@@ -94,6 +97,7 @@ def add_video(
     v: Video,
     note: str = "",
 ) -> None:
+    """Report video ``v`` at ``relpath`` and plan its encoding."""
     item = video_item(relpath, split, label, expect, kind, v, note)
     plan.add(item, video_job(plan.root, item, v))
 
@@ -117,6 +121,7 @@ def measured(path: Path, item: SynthItem, write: Callable[[], object], source_fr
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
@@ -187,6 +192,7 @@ def add_file_case(
 
 
 def prepare_root(out: Path, entries: Iterable[str], overwrite: bool) -> Path:
+    """Create ``out``; refuse (FileExistsError) or, with ``overwrite``, delete the dataset's top-level ``entries``."""
     out = Path(out)
     present = [e for e in entries if (out / e).exists() or (out / e).is_symlink()]
     if present and not overwrite:
@@ -202,6 +208,7 @@ def prepare_root(out: Path, entries: Iterable[str], overwrite: bool) -> Path:
 
 
 def classes_of(dataset: str, cfg: SynthConfig) -> tuple[tuple[str, str], ...]:
+    """The first ``cfg.num_classes`` (class name, motion) pairs of ``dataset``."""
     table = CLASSES[dataset]
     if cfg.num_classes > len(table):
         raise ValueError(f"{dataset}: at most {len(table)} classes (motions) are defined, got {cfg.num_classes}")
