@@ -38,7 +38,9 @@ _CODEC_ARGS: dict[str, list[str]] = {
     ],
     "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-crf", "40", "-b:v", "0"]
     + ["-pix_fmt", "yuv420p", "-threads", "1", "-row-mt", "0"],
-    "vp8": ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-crf", "20", "-b:v", "1M"]
+    # VP8 in realtime mode with a positive -cpu-used picks its speed from how long frames take to encode, so
+    # the bytes depend on the machine's load; a negative value fixes the speed.
+    "vp8": ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "-8", "-crf", "20", "-b:v", "1M"]
     + ["-pix_fmt", "yuv420p", "-threads", "1"],
     # UCF-101 is Xvid MPEG-4 part 2 in AVI: ffmpeg's native encoder with the XVID fourcc is what the files
     # look like to a decoder, and it exists in every ffmpeg build (libxvid does not).
