@@ -230,8 +230,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
         raise ValueError(f"{shards} has classes {classes}, the checkpoint was trained on {extra['classes']}")
     split = split or tcfg.splits[1]
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    lcfg = LoaderConfig.for_dataset(tcfg.dataset, mode, clip_len=tcfg.clip_len, size=tcfg.size,
-                                    batch_size=batch_size, num_workers=loader_workers)
+    lcfg = tcfg.loader_config(mode, batch_size=batch_size, num_workers=loader_workers)
     specs = shard_specs(shards, split, videos=True)
     loader = ClipLoader(ClipStream(specs, lcfg), pin_memory=device.type == "cuda")
     normalizer = ClipNormalizer(normalization_for(tcfg.dataset, checkpoint=extra.get("normalization")),
