@@ -8,6 +8,7 @@ with the real preprocessing code; models run at 8 frames × 32 px so a step take
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -212,6 +213,21 @@ def test_one_translation_from_train_to_loader_config():
                                              seed=7, batch_size=2)
     assert cfg.loader_config("eval").batch_size == cfg.batch_size and not cfg.loader_config("val").flip
     assert TrainConfig.for_dataset("jester", "/s", "/o").loader_config("train").scales == LoaderConfig("jester").scales
+
+
+def test_run_result_is_a_typed_record_of_the_final_metrics():
+    from training.result import RunResult
+
+    done = RunResult.from_metrics({"status": "finished", "epochs": 2, "step": 6, "world_size": 2, "model": "m",
+                                   "dataset": "jester", "resumed_at_step": None, "eval_video_top1": 0.5,
+                                   "eval_videos": 15, "train_loss": 1.0}, checkpoint="c", best_checkpoint="b")
+    assert (done.status, done.epochs, done.step, done.world_size, done.resumed_at_step) == ("finished", 2, 6, 2, None)
+    assert (done.eval_video_top1, done.eval_videos, done.checkpoint, done.best_checkpoint) == (0.5, 15, "c", "b")
+    assert math.isnan(done.eval_video_top5) and done.metrics["train_loss"] == 1.0
+    stopped = RunResult.from_metrics({"status": "nonfinite", "message": "non-finite loss", "step": 4, "epoch": 1})
+    assert (stopped.status, stopped.message, stopped.step, stopped.epochs) == ("nonfinite", "non-finite loss", 4, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        done.step = 7
 
 
 def test_retired_fault_field_in_an_old_config_is_dropped():
