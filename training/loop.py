@@ -360,7 +360,10 @@ def checkpoint_members(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @dataclass(eq=False)
-class _Run:
+class RunState:
+    """What the steps of one run share: the group's configs, session and hooks, the distributed setting,
+    the class names, the loaders' inputs, the members, the global step and the profiler."""
+
     cfgs: list[TrainConfig]
     session: Session
     hooks: Hooks
@@ -405,7 +408,7 @@ def _check_group(cfgs: list[TrainConfig]) -> None:
             raise ValueError(f"{other.out}: a shared-decode group must agree on {diff} with {cfgs[0].out}")
 
 
-def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> _Run:
+def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> RunState:
     """Distributed setup (TorchTrainer has initialised the process group; a direct call has none), the
     training loader (per-worker share of the global batch) and one :class:`Member` per config."""
     cfg = cfgs[0]
@@ -426,10 +429,10 @@ def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> _Run:
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
     val_specs = shard_specs(cfg.shards, val_split, videos=True)
     members = [Member.build(c, len(classes), device, ddp=ddp, master=master) for c in cfgs]
-    return _Run(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members)
+    return RunState(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members)
 
 
-def restore(run: _Run) -> None:
+def restore(run: RunState) -> None:
     """Resume from the session's latest checkpoint, if any: every member (model, optimizer, schedule, best
     score), the loader position, the step and the RNG."""
     path = run.session.restore()
@@ -450,7 +453,7 @@ def restore(run: _Run) -> None:
               f"batch {run.train_loader.batches_done}, step {run.step}", flush=True)
 
 
-def checkpoint(run: _Run, tag: str, metrics: dict[str, Any], score: float) -> None:
+def checkpoint(run: RunState, tag: str, metrics: dict[str, Any], score: float) -> None:
     """Rank 0 writes checkpoint.pt (format version 2) into a fresh folder; every rank reports (Ray needs all)."""
     ckpt_dir = None
     if run.master:
@@ -464,7 +467,7 @@ def checkpoint(run: _Run, tag: str, metrics: dict[str, Any], score: float) -> No
     run.session.report({**metrics, "score": score, "step": run.step}, ckpt_dir, tag)
 
 
-def _train_step(run: _Run, batch: dict[str, torch.Tensor], epoch: int, wait_s: float, t0: float) -> bool:
+def _train_step(run: RunState, batch: dict[str, torch.Tensor], epoch: int, wait_s: float, t0: float) -> bool:
     """One optimizer step of every active member on one batch. Returns False when no member is left."""
     clips = batch["clips"].to(run.device, non_blocking=True)
     y = batch["labels"].to(run.device, non_blocking=True)
@@ -492,7 +495,7 @@ def _train_step(run: _Run, batch: dict[str, torch.Tensor], epoch: int, wait_s: f
     return True
 
 
-def train_one_epoch(run: _Run, epoch: int) -> bool:
+def train_one_epoch(run: RunState, epoch: int) -> bool:
     """Train ``epoch`` from the loader's position (mid-epoch after a restore), checkpointing every
     ``checkpoint_every_steps``. Returns False when every member stopped (non-finite loss)."""
     cfg = run.cfg
@@ -521,7 +524,7 @@ def train_one_epoch(run: _Run, epoch: int) -> bool:
     return True
 
 
-def _validate(run: _Run, m: Member) -> dict[str, float]:
+def _validate(run: RunState, m: Member) -> dict[str, float]:
     """One centre clip per validation video: loss, top-1, top-5 (clip level)."""
     loader, expected = run.eval_loader("val")
     r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
@@ -529,7 +532,7 @@ def _validate(run: _Run, m: Member) -> dict[str, float]:
     return {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5}
 
 
-def end_of_epoch(run: _Run, epoch: int) -> None:
+def end_of_epoch(run: RunState, epoch: int) -> None:
     """Per member: validate, step the schedule, log and keep the best score; then one checkpoint for the
     group, scored by the members' mean validation top-1 (which Ray keeps as "best").
 
@@ -562,7 +565,7 @@ def end_of_epoch(run: _Run, epoch: int) -> None:
     checkpoint(run, f"epoch{epoch:04d}-step{run.step:08d}", metrics, score=sum(scores) / max(len(scores), 1))
 
 
-def _final_checkpoint(run: _Run, m: Member) -> str:
+def _final_checkpoint(run: RunState, m: Member) -> str:
     """A plain checkpoint of one group member in ``out/checkpoint.pt``, loadable and evaluable on its own."""
     local = Path(tempfile.mkdtemp(prefix="e3d-final-")) / CHECKPOINT_FILE
     save_checkpoint(local, m.raw, epoch=run.cfg.epochs, optimizer=None, metrics={},
@@ -574,7 +577,7 @@ def _final_checkpoint(run: _Run, m: Member) -> str:
     return storage.to_uri(fs, path)
 
 
-def final_evaluation(run: _Run, m: Member) -> dict[str, Any]:
+def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
     """One member's final metrics: every window of every validation video (video-level accuracy,
     predictions) when ``final_eval``, plus the last epoch's training and validation figures."""
     cfg, val_split = run.cfg, run.cfg.splits[1]
