@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from shards import storage
 from training.data import ClipLoader, ClipNormalizer, LoaderConfig, ShardSpec
-from training.data.sampling import num_windows
+from training.data.modes import ItemMode, mode_for
 
 
 class EvalCountError(RuntimeError):
@@ -59,12 +59,15 @@ class EvalResult:
 def expected_clips(specs: Sequence[ShardSpec], cfg: LoaderConfig) -> dict[str, int]:
     """Clips per video key that a correct ``val``/``eval`` pass yields: 1 per video (``val``), or the number
     of non-overlapping windows (``eval``)."""
+    mode = mode_for(cfg)
+    if not isinstance(mode, ItemMode):
+        raise ValueError("expected_clips needs a 'val' or 'eval' mode config")
     out: dict[str, int] = {}
     for spec in specs:
         if spec.videos is None:
             raise ValueError(f"{spec.url}: shard spec has no per-video list (use shard_specs(videos=True))")
         for key, num_frames, stride in spec.videos:
-            out[key] = 1 if cfg.mode == "val" else num_windows(num_frames, cfg.clip_len, cfg.step_for(stride))
+            out[key] = mode.windows(cfg, num_frames, stride)
     return out
 
 
@@ -87,7 +90,7 @@ def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormali
     Returns:
         The same :class:`EvalResult` on every rank.
     """
-    if loader.dataset.cfg.mode == "train":
+    if not isinstance(loader.dataset.mode, ItemMode):
         raise ValueError("evaluate needs a 'val' or 'eval' mode loader")
     model.eval()
     scores: dict[str, np.ndarray] = {}  # key -> (C,) float64 sum of softmax scores over the video's clips

@@ -24,6 +24,7 @@ from training.data.stream import (
     ClipStream,
     CorruptDataError,
     CorruptSampleWarning,
+    EpochStream,
     scan_shard_specs,
     shard_specs,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ClipStream",
     "CorruptDataError",
     "CorruptSampleWarning",
+    "EpochStream",
     "LoaderConfig",
     "Normalization",
     "ShardSpec",
