@@ -56,8 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.synth_motion import make_scene
-
-DATASETS: tuple[str, ...] = ("kinetics600", "jester", "ucf101")
+from shards.datasets import DATASETS
 
 # (class name, motion) per dataset; ``SynthConfig.num_classes`` takes the first N.
 CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
