@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from shards import storage
-from training.data import ClipLoader, ClipNormalizer, LoaderConfig, ShardSpec
+from training.data import PRESETS, ClipLoader, ClipNormalizer, InputConvention, LoaderConfig, ShardSpec
 from training.data.modes import ItemMode, mode_for
 
 
@@ -54,6 +54,17 @@ class EvalResult:
         keys = ("videos", "clips", "video_top1", "video_top5", "clip_top1", "clip_top5", "loss",
                 "incomplete_videos")
         return {prefix + k: getattr(self, k) for k in keys}
+
+
+def stored_convention(model: torch.nn.Module, ckpt: Mapping[str, Any]) -> InputConvention:
+    """The input convention a checkpoint's weights were trained with: the one stored next to the weights
+    (``model.input_convention`` after :func:`training.checkpoints.load_checkpoint`). Checkpoints written before
+    training kept it in sync name their preset in ``extra["normalization"]`` instead, which then wins."""
+    legacy = (ckpt.get("extra") or {}).get("normalization")
+    conv = model.input_convention
+    if legacy is not None and legacy in PRESETS and PRESETS[legacy] != conv:
+        return PRESETS[legacy]
+    return conv
 
 
 def expected_clips(specs: Sequence[ShardSpec], cfg: LoaderConfig) -> dict[str, int]:
@@ -220,7 +231,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     from shards.manifest import read_dataset_info
     from training.checkpoints import load_checkpoint
     from training.config import TrainConfig
-    from training.data import ClipStream, normalization_for, shard_specs
+    from training.data import ClipStream, shard_specs
 
     device = device or (torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu"))
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
@@ -237,8 +248,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
                                     batch_size=batch_size, num_workers=loader_workers)
     specs = shard_specs(shards, split, videos=True)
     loader = ClipLoader(ClipStream(specs, lcfg), pin_memory=device.type == "cuda")
-    normalizer = ClipNormalizer(normalization_for(tcfg.dataset, checkpoint=extra.get("normalization")),
-                                channels_last=tcfg.channels_last).to(device)
+    normalizer = ClipNormalizer(stored_convention(model, ckpt), channels_last=tcfg.channels_last).to(device)
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     r = evaluate(model, loader, normalizer, device, num_classes=len(classes), expected=expected_clips(specs, lcfg),

@@ -17,7 +17,7 @@ Typical use on each rank::
 """
 
 from training.data.config import MULTISCALE, LoaderConfig
-from training.data.normalize import ClipNormalizer, Normalization, normalization_for
+from training.data.normalize import PRESETS, ClipNormalizer, InputConvention, normalization_for
 from training.data.plan import ShardSpec
 from training.data.stream import (
     ClipLoader,
@@ -37,8 +37,9 @@ __all__ = [
     "CorruptDataError",
     "CorruptSampleWarning",
     "EpochStream",
+    "InputConvention",
     "LoaderConfig",
-    "Normalization",
+    "PRESETS",
     "ShardSpec",
     "normalization_for",
     "scan_shard_specs",
