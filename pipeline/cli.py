@@ -15,7 +15,7 @@ if __package__ in (None, ""):
     # Run as a plain script (``python pipeline/cli.py``): make the repository's packages importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training.config import DATASETS  # noqa: E402  (a light module: dataclasses only)
+from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
 
 
 def _splits(text: str | None) -> tuple[str, ...]:
