@@ -5,6 +5,7 @@ The executor is pluggable: Ray tasks by default (``preprocess.ray_tasks``), in-p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 from preprocess.config import PreprocessConfig
 from preprocess.datasets import Listing, get_adapter, shard_set_name
+from preprocess.isolate import InfrastructureError, is_infrastructure_errno
 from preprocess.ray_tasks import Executor
 from preprocess.shard_task import ShardTask, plan_shards
 from shards import manifest as mf
@@ -91,6 +93,7 @@ def make_tasks(cfg: PreprocessConfig) -> tuple[Listing, list[ShardTask]]:
         decoder=cfg.decoder,
         native_fps=NATIVE_FPS.get(cfg.dataset),
         timeout_s=cfg.timeout_s,
+        max_frames=cfg.max_frames,
     )
     return listing, tasks
 
@@ -106,16 +109,19 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
     """Run (or resume) preprocessing of one dataset and write its shards, manifests and dataset.json."""
     listing, tasks = make_tasks(cfg)
     fs, base = storage.resolve(cfg.out)
-    storage.makedirs(fs, base)
-    for sub in ("shards", "records", "manifest"):
-        storage.remove_stale_temporaries(fs, storage.join(base, sub))
+    with _infrastructure(cfg.out):
+        storage.makedirs(fs, base)
+        for sub in ("shards", "records", "manifest"):
+            storage.remove_stale_temporaries(fs, storage.join(base, sub))
 
     started_ray = False
     if executor is None:
+        import functools
+
         from preprocess.ray_tasks import init_ray, run_tasks_ray
 
         started_ray = init_ray(cfg.address, cfg.num_cpus)
-        executor = run_tasks_ray
+        executor = functools.partial(run_tasks_ray, memory_bytes=cfg.task_memory_mb << 20)
     records: list[dict[str, Any]] = []
     built = skipped = errors = frames_decoded = 0
     cpu_s = 0.0
@@ -124,6 +130,10 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
     t_run = time.monotonic()
     try:
         for task, result in executor(tasks):
+            if isinstance(result, BaseException) and is_infrastructure(result):
+                # Disk full, permission denied, object store down: no video's fault, so none is marked
+                # failed; finished shards keep their records and a rerun resumes after the fix.
+                raise InfrastructureError(f"{task.shard_path}: {_first_line(result)}") from result
             if isinstance(result, BaseException):
                 errors += 1
                 result = _failed_record(task, result)
@@ -146,7 +156,8 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
             import ray
 
             ray.shutdown()
-    summary_splits = write_manifests(cfg, listing, records)
+    with _infrastructure(cfg.out):
+        summary_splits = write_manifests(cfg, listing, records)
     attempted = ok + failed + sum(1 for p in listing.problems if p.status == "failed")
     n_failed = failed + sum(1 for p in listing.problems if p.status == "failed")
     reasons = Counter(_reason_kind(v["reason"]) for r in records for v in r["videos"] if v["status"] == "failed")
@@ -168,6 +179,27 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
         max_failed=cfg.max_failed,
         failure_reasons=tuple(reasons.most_common()),
     )
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """True for an error of the machine (see :class:`InfrastructureError`), also when Ray wraps it."""
+    cause = getattr(exc, "cause", None) or exc
+    return isinstance(cause, InfrastructureError) or is_infrastructure_errno(cause)
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
+
+
+@contextlib.contextmanager
+def _infrastructure(out: str):
+    """Turn storage errors of the driver (manifests, dataset.json) into :class:`InfrastructureError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise InfrastructureError(f"{out}: {type(exc).__name__}: {exc}") from exc
 
 
 def _reason_kind(reason: str) -> str:
