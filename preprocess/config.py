@@ -33,6 +33,7 @@ class PreprocessConfig:
     address: str | None = None
     num_cpus: int | None = None
     progress: bool = True
+    force_unlock: bool = False  # take over a stale lease on ``out`` (see shards.lease)
 
     def __post_init__(self):
         if self.short_side is not None and self.short_side < 16:
@@ -54,7 +55,7 @@ class PreprocessConfig:
         """The fields that determine the shards' bytes (saved in dataset.json; run-only fields left out)."""
         d = dataclasses.asdict(self)
         for k in ("src", "out", "splits", "address", "num_cpus", "progress", "max_failed", "timeout_s",
-                  "task_memory_mb"):
+                  "task_memory_mb", "force_unlock"):
             d.pop(k)
         if d["max_frames"] == PreprocessConfig.max_frames:
             d.pop("max_frames")  # outputs written before the cap existed keep matching

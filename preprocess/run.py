@@ -23,6 +23,7 @@ from preprocess.shard_task import ShardTask, plan_shards
 from shards import manifest as mf
 from shards import storage
 from shards.format import FORMAT_VERSION, safe_key
+from shards.lease import Lease, LeaseLost
 
 DEFAULT_SHARD_SIZE = {"kinetics600": 100, "ucf101": 64, "jester": 1000}
 NATIVE_FPS = {"jester": 12.0}
@@ -108,9 +109,21 @@ def _progress(total: int, enabled: bool):
 def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> PreprocessSummary:
     """Run (or resume) preprocessing of one dataset and write its shards, manifests and dataset.json."""
     listing, tasks = make_tasks(cfg)
+    with _infrastructure(cfg.out):
+        lease = Lease(cfg.out, force_unlock=cfg.force_unlock).acquire()  # LeaseHeld: another run owns --out
+    try:
+        return _preprocess(cfg, listing, tasks, executor, lease)
+    except LeaseLost as exc:
+        raise InfrastructureError(str(exc)) from exc
+    finally:
+        lease.release()
+
+
+def _preprocess(cfg: PreprocessConfig, listing: Listing, tasks: list[ShardTask], executor: Executor | None,
+                lease: Lease) -> PreprocessSummary:
     fs, base = storage.resolve(cfg.out)
     with _infrastructure(cfg.out):
-        storage.makedirs(fs, base)
+        # Under the lease every temporary file belongs to a run that no longer holds it: stale.
         for sub in ("shards", "records", "manifest"):
             storage.remove_stale_temporaries(fs, storage.join(base, sub))
 
@@ -157,7 +170,7 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
 
             ray.shutdown()
     with _infrastructure(cfg.out):
-        summary_splits = write_manifests(cfg, listing, records)
+        summary_splits = write_manifests(cfg, listing, records, lease=lease)
     attempted = ok + failed + sum(1 for p in listing.problems if p.status == "failed")
     n_failed = failed + sum(1 for p in listing.problems if p.status == "failed")
     reasons = Counter(_reason_kind(v["reason"]) for r in records for v in r["videos"] if v["status"] == "failed")
@@ -216,9 +229,14 @@ def _failed_record(task: ShardTask, exc: BaseException) -> dict[str, Any]:
             "bytes": 0, "sha256": None, "videos": videos, "decoded_frames": 0, "skipped": False}
 
 
-def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[dict[str, Any]]
-                    ) -> tuple[SplitSummary, ...]:
-    """Write ``manifest/<split>/*.parquet`` for every split of this run, then ``dataset.json``."""
+def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[dict[str, Any]], *,
+                    lease: Lease | None = None) -> tuple[SplitSummary, ...]:
+    """Write ``manifest/<split>/*.parquet`` for every split of this run, then ``dataset.json``.
+
+    With ``lease``, each write first checks that this run still holds it (:class:`LeaseLost` otherwise), so
+    ``dataset.json``'s read-modify-write never interleaves with another run's.
+    """
+    check = lease.check if lease is not None else (lambda: None)
     per_split: dict[str, mf.Manifest] = defaultdict(mf.Manifest)
     sets_of_split: dict[str, set[str]] = defaultdict(set)
     for rec in sorted(records, key=lambda r: (r["shard_set"], r["index"])):
@@ -251,11 +269,14 @@ def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[d
     summaries = []
     for split in listing.splits:
         m = per_split[split]
+        check()
         mf.write_split(cfg.out, split, m)
         status = Counter(v.status for v in m.videos)
         summaries.append(SplitSummary(split, status["ok"], status["failed"], status["missing"], len(m.shards),
                                       sum(s.bytes for s in m.shards), sum(s.frames for s in m.shards)))
+    check()
     mf.write_split(cfg.out, "unlisted", unlisted)
+    check()
     _write_dataset_json(cfg, listing, {s: sorted(sets_of_split[s]) for s in listing.splits}, summaries)
     return tuple(summaries)
 

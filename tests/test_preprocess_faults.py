@@ -1,20 +1,27 @@
 """Preprocessing under faults a real cluster run meets: a decoder that hangs or dies, a very long video,
-a full disk, a source that changes between runs, and list files that disagree about a label."""
+two runs on one output, a full disk, a source that changes between runs, and list files that disagree
+about a label."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import main as cli_main
 from preprocess.config import PreprocessConfig
 from preprocess.ray_tasks import run_tasks_local
 from preprocess.run import preprocess
+from shards.lease import LEASE_NAME, Lease, LeaseHeld, LeaseLost
 from tests.decode_hooks import HOOK
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +162,93 @@ def test_max_frames_cuts_a_long_video_and_says_so(tmp_path):
         row = _rows(out)["longish"]
         assert summary.videos_ok == 1 and row["status"] == "ok" and row["num_frames"] == 30
         assert "truncated at 30 stored frames (--max-frames)" in row["reason"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# item 6: an exclusive lease on --out
+
+
+def _lease_file(out: Path, **over) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    info = {"run_id": "f" * 32, "owner": "alice", "host": socket.gethostname(), "pid": os.getpid(), "started": now,
+            "heartbeat": now, "ttl_s": 120.0, **over}
+    (out / LEASE_NAME).write_text(json.dumps(info))
+    return out / LEASE_NAME
+
+
+def _cli(five: Path, out: Path, *extra: str) -> list[str]:
+    return ["preprocess", "kinetics600", "--src", str(five), "--out", str(out), "--no-progress", *extra]
+
+
+def test_a_second_run_on_the_same_out_exits_2_naming_the_owner(five, tmp_path, capsys):
+    out = tmp_path / "o"
+    with Lease(str(out)) as first:  # a live run of this process
+        other_tmp = out / "shards" / "train" / "shard-000000.tar.tmp-0badc0de"
+        other_tmp.parent.mkdir(parents=True)
+        other_tmp.write_bytes(b"half a shard of the first run")
+        assert cli_main(_cli(five, out)) == 2
+        err = capsys.readouterr().err
+        assert "is locked by another run" in err and f"pid {os.getpid()}" in err
+        assert f"{getpass.getuser()}@{socket.gethostname()}" in err and first.run_id[:8] in err
+        assert other_tmp.exists(), "the refused run deleted the first run's temporary file"
+        assert not (out / "dataset.json").exists()
+        first.check()  # still ours
+    assert not (out / LEASE_NAME).exists()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_and_its_temporaries_removed(five, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "o"
+    _lease_file(out, pid=dead.pid, heartbeat=time.time())
+    stale_tmp = out / "shards" / "train" / "shard-000000.tar.tmp-0badc0de"
+    stale_tmp.parent.mkdir(parents=True)
+    stale_tmp.write_bytes(b"left by the dead run")
+    summary = preprocess(_cfg(five, out), executor=run_tasks_local)
+    assert summary.videos_ok == 5 and not stale_tmp.exists() and not (out / LEASE_NAME).exists()
+
+
+def test_a_stale_lease_of_another_host_needs_force_unlock(five, tmp_path, capsys):
+    out = tmp_path / "o"
+    _lease_file(out, host="node-17", pid=4242, heartbeat=time.time() - 3600)
+    assert cli_main(_cli(five, out)) == 2
+    err = capsys.readouterr().err
+    assert "alice@node-17 pid 4242" in err and "(stale)" in err and "--force-unlock" in err
+    summary = preprocess(_cfg(five, out, force_unlock=True), executor=run_tasks_local)
+    assert summary.videos_ok == 5 and not (out / LEASE_NAME).exists()
+
+
+def test_force_unlock_never_takes_a_live_lease(five, tmp_path, capsys):
+    out = tmp_path / "o"
+    _lease_file(out, host="node-17", pid=4242)  # fresh heartbeat
+    assert cli_main(_cli(five, out, "--force-unlock")) == 2
+    assert "alice@node-17" in capsys.readouterr().err and (out / LEASE_NAME).exists()
+
+
+def test_the_heartbeat_advances_and_a_takeover_is_noticed(tmp_path):
+    lease = Lease(str(tmp_path / "o"), ttl_s=0.4).acquire()
+    try:
+        first = json.loads((tmp_path / "o" / LEASE_NAME).read_text())["heartbeat"]
+        deadline = time.monotonic() + 30
+        while json.loads((tmp_path / "o" / LEASE_NAME).read_text())["heartbeat"] == first:
+            assert time.monotonic() < deadline, "no heartbeat in 30 s"
+            time.sleep(0.05)
+        _lease_file(tmp_path / "o", run_id="e" * 32, host="node-9")  # another run force-unlocked us
+        with pytest.raises(LeaseLost, match="alice@node-9"):
+            lease.check()
+    finally:
+        lease.release()
+    assert (tmp_path / "o" / LEASE_NAME).exists(), "release deleted the new holder's lease"
+
+
+def test_the_lease_works_on_object_storage(s3_endpoint):
+    import boto3
+
+    bucket = f"e3d-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/shards/k600"
+    with Lease(uri), pytest.raises(LeaseHeld, match="is locked by another run"):
+        Lease(uri).acquire()
+    with Lease(uri) as again:  # released: free again
+        again.check()
