@@ -252,3 +252,52 @@ def test_the_lease_works_on_object_storage(s3_endpoint):
         Lease(uri).acquire()
     with Lease(uri) as again:  # released: free again
         again.check()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# item 7: infrastructure errors stop the run (exit 3) instead of failing videos; a rerun resumes
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 96 KiB tmpfs (a full disk after two or three shards); needs the right to mount (root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _grow(mnt: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
+
+
+def test_a_full_disk_stops_the_run_without_failing_videos_and_a_rerun_resumes(five, small_fs):
+    from preprocess.isolate import InfrastructureError
+
+    out = small_fs / "o"
+    with pytest.raises(InfrastructureError, match="No space left on device"):
+        preprocess(_cfg(five, out, shard_size=1), executor=run_tasks_local)
+    done = sorted(p.name for p in out.glob("records/train/*.json"))
+    assert 0 < len(done) < 5, done
+    assert not (out / "manifest").exists() and not (out / "dataset.json").exists()  # no video marked failed
+    assert not list(out.rglob("*.tmp-*")) and not (out / LEASE_NAME).exists()
+    _grow(small_fs)
+    summary = preprocess(_cfg(five, out, shard_size=1), executor=run_tasks_local)
+    assert summary.shards_skipped == len(done) and summary.videos_ok == 5 and summary.videos_failed == 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cli_exits_3_on_a_full_disk_under_ray(ray_local, five, small_fs, capsys):
+    out = small_fs / "o"
+    assert cli_main(_cli(five, out, "--shard-size", "1")) == 3
+    err = capsys.readouterr().err
+    assert "infrastructure failure" in err and "No space left on device" in err and "rerun" in err
+    _grow(small_fs)
+    assert cli_main(_cli(five, out, "--shard-size", "1")) == 0
