@@ -25,6 +25,8 @@ from preprocess.isolate import DecodeRequest, InfrastructureError, shared_worker
 from shards import storage
 from shards.format import FORMAT_VERSION, TarSampleWriter
 
+# Sources up to this size are also compared by content (sha256) on a rerun; larger ones by size and mtime.
+HASH_LIMIT = 4 << 20
 # Stored frames per video at most, unless --max-frames says otherwise: 1 h at 30 stored frames/s.
 DEFAULT_MAX_FRAMES = 108_000
 
@@ -142,8 +144,52 @@ def _metadata(task: ShardTask, item: VideoItem, v: DecodedVideo, offsets: list[i
     }
 
 
+def source_stamp(path: str, *, with_hash: bool = True, limit: int | None = None) -> dict[str, Any] | None:
+    """What identifies a source's content: ``{"size", "mtime_ns"}`` (bytes, nanoseconds) plus ``"sha256"``
+    when ``with_hash`` and the size is at most ``limit`` bytes (default :data:`HASH_LIMIT`). A folder of
+    frames counts as the sum of its files' sizes, its newest mtime, and a hash over its file names and
+    contents. None when it is gone."""
+    try:
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+            stats = [os.stat(os.path.join(path, n)) for n in names]
+            files = [os.path.join(path, n) for n in names]
+            size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+        else:
+            st = os.stat(path)
+            names, files, size, mtime = [""], [path], st.st_size, st.st_mtime_ns
+    except FileNotFoundError:
+        return None
+    stamp: dict[str, Any] = {"size": size, "mtime_ns": mtime}
+    if with_hash and size <= (HASH_LIMIT if limit is None else limit):
+        h = hashlib.sha256()
+        for name, f in zip(names, files, strict=True):
+            h.update(name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+        stamp["sha256"] = h.hexdigest()
+    return stamp
+
+
+def source_changed(task: ShardTask, video: dict[str, Any]) -> bool:
+    """True when a recorded video's source differs from what its stamp says: another size; for a small
+    source another content (a copy with new mtimes but the same bytes is unchanged); for a large one
+    another mtime. Records written before stamps existed count as unchanged."""
+    old = video.get("source_stamp")
+    if old is None:
+        return False
+    path = os.path.join(task.src_root, video["source"])
+    new = source_stamp(path, with_hash=False)
+    if new is None or new["size"] != old.get("size"):
+        return True
+    if "sha256" in old:
+        return (source_stamp(path) or {}).get("sha256") != old["sha256"]
+    return new["mtime_ns"] != old.get("mtime_ns")
+
+
 def read_record(task: ShardTask) -> dict[str, Any] | None:
-    """The task's record if its shard is complete and was built from the same plan, else None."""
+    """The task's record if its shard is complete, was built from the same plan and none of its sources
+    changed since (:func:`source_changed`), else None."""
     fs, base = storage.resolve(task.out_root)
     rpath = storage.join(base, task.record_path)
     if not storage.exists(fs, rpath):
@@ -155,6 +201,8 @@ def read_record(task: ShardTask) -> dict[str, Any] | None:
     if rec.get("plan_hash") != task.plan_hash():
         return None
     if rec["shard"] is not None and storage.size(fs, storage.join(base, rec["shard"])) != rec["bytes"]:
+        return None
+    if any(source_changed(task, v) for v in rec.get("videos", [])):
         return None
     return rec
 
@@ -214,6 +262,8 @@ def _build(task: ShardTask, fs, base: str, spool_dir: str):
             row = {"source": item.source, "key": item.key, "label": item.label, "label_index": item.label_index,
                    "splits": list(item.splits), "status": "failed", "reason": "", "num_frames": 0,
                    "source_frames": 0, "stride": task.stride, "fps": 0.0, "width": 0, "height": 0}
+            # Taken before decoding: a source that changes during or after it is re-decoded by the next run.
+            row["source_stamp"] = source_stamp(os.path.join(task.src_root, item.source))
             try:
                 v = _decode(task, item, spool)
             except DecodeError as exc:

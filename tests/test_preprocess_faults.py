@@ -301,3 +301,75 @@ def test_cli_exits_3_on_a_full_disk_under_ray(ray_local, five, small_fs, capsys)
     assert "infrastructure failure" in err and "No space left on device" in err and "rerun" in err
     _grow(small_fs)
     assert cli_main(_cli(five, out, "--shard-size", "1")) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# item 8: a changed source is re-decoded; conflicting labels are refused
+
+
+def test_a_changed_source_is_redecoded_and_an_untouched_one_is_not(tmp_path):
+    root = kinetics(tmp_path / "src", {f"vid{i}": 1.0 for i in range(3)})
+    out = tmp_path / "o"
+    first = preprocess(_cfg(root, out, shard_size=1), executor=run_tasks_local)
+    assert first.shards_built == 3
+    victim = next(root.glob("train/dancing/vid1_*.mp4"))
+
+    # same bytes, new mtime (a copy without -t): small files are compared by content, so nothing to redo
+    os.utime(victim, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert preprocess(_cfg(root, out, shard_size=1), executor=run_tasks_local).shards_built == 0
+
+    # same size and mtime, other content: the hash catches it, and only that video's shard is rebuilt
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-200] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert victim.stat().st_size == st.st_size
+    again = preprocess(_cfg(root, out, shard_size=1), executor=run_tasks_local)
+    assert again.shards_built == 1 and again.shards_skipped == 2
+
+    # another video of another length: re-decoded, and the shard holds the new frames
+    _video(victim, 2.0)
+    third = preprocess(_cfg(root, out, shard_size=1), executor=run_tasks_local)
+    assert third.shards_built == 1 and _rows(out)["vid1"]["num_frames"] == 20
+
+
+def test_a_large_source_is_compared_by_size_and_mtime(tmp_path, monkeypatch):
+    import preprocess.shard_task as st
+
+    monkeypatch.setattr(st, "HASH_LIMIT", 0)  # every source counts as large: no content hash
+    root = kinetics(tmp_path / "src", {"big": 1.0})
+    out = tmp_path / "o"
+    preprocess(_cfg(root, out), executor=run_tasks_local)
+    rec = json.loads(next(out.glob("records/train/*.json")).read_text())
+    assert "sha256" not in rec["videos"][0]["source_stamp"]
+    victim = next(root.glob("train/dancing/big_*.mp4"))
+    os.utime(victim, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert preprocess(_cfg(root, out), executor=run_tasks_local).shards_built == 1
+
+
+def test_a_video_with_two_labels_is_refused_as_a_conflict(tmp_path):
+    import numpy as np
+
+    from shards.format import encode_jpeg_rgb
+
+    root = tmp_path / "jester"
+    root.mkdir()
+    (root / "jester-v1-labels.csv").write_text("Swiping Left\nSwiping Right\n")
+    for vid in ("1", "2"):
+        d = root / "20bn-jester-v1" / vid
+        d.mkdir(parents=True)
+        for i in range(1, 5):
+            (d / f"{i:05d}.jpg").write_bytes(encode_jpeg_rgb(np.full((24, 32, 3), 40 * i, np.uint8), 90))
+    (root / "jester-v1-train.csv").write_text("1;Swiping Left\n2;Swiping Left\n")
+    (root / "jester-v1-validation.csv").write_text("1;Swiping Right\n2;Swiping Left\n")
+    out = tmp_path / "o"
+    summary = preprocess(PreprocessConfig(dataset="jester", src=str(root), out=str(out), progress=False,
+                                          max_failed=1.0), executor=run_tasks_local)
+    for split in ("train", "validation"):
+        rows = {r["source"]: r for r in pq.read_table(out / "manifest" / split / "videos.parquet").to_pylist()}
+        bad = rows["20bn-jester-v1/1"]
+        assert bad["status"] == "failed" and bad["shard"] is None
+        assert bad["reason"] == "label conflict: listed as 'Swiping Left' in train, 'Swiping Right' in validation"
+        assert rows["20bn-jester-v1/2"]["status"] == "ok"
+    assert summary.videos_ok == 1
