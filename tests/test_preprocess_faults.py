@@ -373,3 +373,37 @@ def test_a_video_with_two_labels_is_refused_as_a_conflict(tmp_path):
         assert bad["reason"] == "label conflict: listed as 'Swiping Left' in train, 'Swiping Right' in validation"
         assert rows["20bn-jester-v1/2"]["status"] == "ok"
     assert summary.videos_ok == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ray at the edge: tasks declare their memory; the driver's wait is bounded
+
+
+def _assigned_resources(task):
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources()
+
+
+def _stuck(task):
+    import threading
+
+    threading.Event().wait()  # a task that never returns (an NFS write that hangs, say)
+
+
+@pytest.mark.ray
+def test_ray_tasks_declare_memory_and_a_stuck_task_stops_the_run(ray_local, five, tmp_path):
+    import ray.cloudpickle
+
+    from preprocess.isolate import InfrastructureError
+    from preprocess.ray_tasks import run_tasks_ray
+    from preprocess.run import make_tasks
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    _, tasks = make_tasks(_cfg(five, tmp_path / "o"))
+    ((_, got),) = list(run_tasks_ray(tasks[:1], fn=_assigned_resources, memory_bytes=300 << 20))
+    assert got.get("memory") == 300 << 20 and got.get("CPU") == 1
+    t0 = time.monotonic()
+    with pytest.raises(InfrastructureError, match=r"no shard task finished in 3 s; 1 cancelled"):
+        list(run_tasks_ray(tasks[:1], fn=_stuck, memory_bytes=64 << 20, stall_timeout_s=3))
+    assert time.monotonic() - t0 < 60
