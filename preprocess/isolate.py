@@ -194,7 +194,8 @@ class DecodeWorker:
         env = dict(os.environ)
         self._env = _e3d_env()
         # The child imports exactly the code this process runs (a Ray job's working_dir included).
-        env[_SYS_PATH_ENV] = json.dumps([p for p in sys.path if p])
+        # ("" is the parent's working directory: spelled out, since the child runs elsewhere.)
+        env[_SYS_PATH_ENV] = json.dumps([p or os.getcwd() for p in sys.path])
         code = (f"import json, os, sys; sys.path[:] = json.loads(os.environ[{_SYS_PATH_ENV!r}]); "
                 "from preprocess.isolate import child_main; child_main()")
         try:
