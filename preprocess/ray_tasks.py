@@ -14,7 +14,6 @@ from preprocess.isolate import START_TIMEOUT_S, InfrastructureError
 from preprocess.shard_task import ShardTask, process_shard
 from shards.raycluster import init_ray  # noqa: F401  (preprocess.run starts Ray through this module)
 
-
 DEFAULT_TASK_MEMORY = 1 << 30
 
 
