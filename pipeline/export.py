@@ -38,7 +38,6 @@ class ExportConfig:
 
 def parity(reference: Any, got: Any) -> float:
     """``max |got - reference| / max(max |reference|, 1e-6)``: the error relative to the logits' scale."""
-    import torch
 
     ref = reference.float()
     return float((got.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
