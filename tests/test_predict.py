@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.predict import PredictConfig, expand_inputs, read_done, run_predict
+from pipeline.predict import PredictConfig, expand_inputs, read_done, render, run_predict
 from preprocess.config import PreprocessConfig
 from preprocess.ray_tasks import run_tasks_local
 from preprocess.run import preprocess
@@ -153,6 +153,8 @@ def test_folder_with_bad_files_through_ray_and_resume(ucf, tmp_path, ray_local):
     assert len(rows) == 6
     reasons = {Path(p).name: r["reason"] for p, r in rows.items() if r["status"] == "failed"}
     assert reasons.keys() == {"empty.mp4", "garbage.mp4", "text.avi"}
+    table = render(first.rows, "table")
+    assert table.count("FAILED: ") == 3 and "empty file" in table
     assert "empty file" in reasons["empty.mp4"]
     assert all(reasons.values())
     ok = {Path(p).name: r for p, r in rows.items() if r["status"] == "ok"}
