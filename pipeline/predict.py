@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -487,7 +487,9 @@ def run_predict(cfg: PredictConfig, flush_s: float = 2.0) -> PredictResult:
         done = {p: r for p, r in done.items() if r["status"] == "ok"}
     todo = [(p, k) for p, k in items if p not in done]
     spec = _spec(cfg)
-    predictor = Predictor(spec)  # validates checkpoint, classes and settings before any work starts
+    # Loaded here first: a bad checkpoint, class file or settings fail before any task starts. With Ray
+    # workers the driver (perhaps a CPU-only head node) loads it on the CPU; the GPUs are the tasks'.
+    predictor = Predictor(replace(spec, gpu=spec.gpu and cfg.workers <= 1))
     results: dict[str, dict[str, Any]] = dict(done)
     if len(todo) > 0 and cfg.workers > 1:
         from preprocess.ray_tasks import init_ray

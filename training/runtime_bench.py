@@ -62,16 +62,20 @@ class RuntimeResult:
         return self.batch / (self.ms_median / 1e3) if self.ms_median > 0 else math.nan
 
 
-def _times(step: Callable[[], object], sync: Callable[[], None], warmup: int, iters: int) -> list[float]:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _times(step: Callable[[], object], sync: Callable[[], None], warmup: int, iters: int,
+           clock: Callable[[], float] = time.perf_counter) -> list[float]:
     for _ in range(warmup):
         step()
     sync()
     out = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
         sync()
-        out.append(time.perf_counter() - t0)
+        out.append(clock() - t0)
     return out
 
 
@@ -142,9 +146,13 @@ def _step(runtime: str, deploy: DeployModel, exports: _Exports, x: torch.Tensor,
 
 
 def bench_model(name: str, runtimes: Sequence[str], batches: Sequence[int], threads: Sequence[int], *,
-                clip_len: int, size: int, num_classes: int, warmup: int, iters: int, folder: str
-                ) -> list[RuntimeResult]:
-    """Every runtime x batch x threads of one model; failures and unavailable runtimes become notes."""
+                clip_len: int, size: int, num_classes: int, warmup: int, iters: int, folder: str,
+                clock: str = "wall") -> list[RuntimeResult]:
+    """Every runtime x batch x threads of one model; failures and unavailable runtimes become notes.
+
+    ``clock="cpu"`` times with this process's CPU time (all its threads) instead of wall time: on a shared,
+    busy machine waiting for a core then does not count (at 1 thread it is the latency a quiet machine gives,
+    up to cache effects); GPU runtimes are always timed in wall time."""
     torch.manual_seed(0)
     from training.models import get_model
 
@@ -162,7 +170,8 @@ def bench_model(name: str, runtimes: Sequence[str], batches: Sequence[int], thre
                 base = RuntimeResult(name, runtime, b, t)
                 try:
                     step, sync = _step(runtime, deploy, exports, x, t)
-                    ts = _times(step, sync, warmup, iters)
+                    use = CLOCKS["wall" if runtime in GPU_RUNTIMES else clock]
+                    ts = _times(step, sync, warmup, iters, use)
                 except (RuntimeError, ValueError, OSError) as exc:
                     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     note = msg if msg.startswith("not measured") else f"error: {type(exc).__name__}: {msg}"
@@ -263,6 +272,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=600)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: latency; cpu: this process's CPU time per call (robust on a busy shared machine)")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
@@ -283,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     batches, threads = _ints(args.batch), _ints(args.threads)
     print(f"device: cpu {platform.processor() or platform.machine()} ({os.cpu_count()} cores), cuda "
           f"{'yes' if torch.cuda.is_available() else 'no'}; torch {torch.__version__}; input uint8 Bx3x{args.frames}"
-          f"x{args.size}x{args.size}; {args.warmup} warm-up + {args.iters} timed calls per cell", flush=True)
+          f"x{args.size}x{args.size}; {args.warmup} warm-up + {args.iters} timed calls per cell; "
+          f"clock: {args.clock}{' (CPU ms of this process per call)' if args.clock == 'cpu' else ''}", flush=True)
     results: list[RuntimeResult] = []
     counts = {}
     with tempfile.TemporaryDirectory(prefix="e3d-rt-") as folder:
@@ -291,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             counts[name] = _counts(name, args.frames, args.size, args.num_classes)
             t0 = time.perf_counter()
             results += bench_model(name, runtimes, batches, threads, clip_len=args.frames, size=args.size,
-                                   num_classes=args.num_classes, warmup=args.warmup, iters=args.iters, folder=folder)
+                                   num_classes=args.num_classes, warmup=args.warmup, iters=args.iters, folder=folder,
+                                   clock=args.clock)
             print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(format_table(results, counts, markdown=args.markdown))
     cpu_rt = next((r for r in ("onnxruntime", "eager", "eager_cl", "torchscript") if r in runtimes), None)
