@@ -337,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-cpus", type=int, default=None)
     s.set_defaults(func=cmd_eval)
 
+    from pipeline.use_cli import add_parsers as add_predict_export
+
+    add_predict_export(sub)  # predict, export
+
     s = sub.add_parser("demo", help="the main job end to end on synthetic data with a local Ray")
     s.add_argument("--workdir", default="/tmp/e3d-demo")
     s.add_argument("--fresh", action="store_true", help="delete the workdir first")

@@ -103,6 +103,23 @@ def _cpu_seconds() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
+def decode_source(path: str, *, kind: str, short_side: int | None, quality: int, stride: int, decoder: str,
+                  native_fps: float | None = None, timeout_s: float = 600.0) -> DecodedVideo:
+    """Decode one source video (``kind="video"``) or frame folder (``kind="frames"``) exactly as a shard task
+    does: the same decoder, rotation, short side, temporal stride and JPEG round trip at ``quality``.
+
+    ``e3d predict`` calls this on new videos so that they reach a model the way the training shards did.
+    Raises ``DecodeError`` with the reason.
+    """
+    if kind == "frames":
+        return decode_frame_folder(path, short_side=short_side, quality=quality, stride=stride,
+                                   fps=native_fps or 12.0)
+    if kind != "video":
+        raise ValueError(f"kind must be 'video' or 'frames', got {kind!r}")
+    return decode_video(path, short_side=short_side, quality=quality, stride=stride, backend=decoder,
+                        timeout_s=timeout_s)
+
+
 def _decode(task: ShardTask, item: VideoItem, spool: str) -> DecodedVideo:
     """Decode one video in the isolated decode process; its stored frames end up in ``spool``."""
     req = DecodeRequest(kind=task.kind, path=os.path.join(task.src_root, item.source), short_side=task.short_side,

@@ -37,7 +37,8 @@ class EvalResult:
     """Metrics (fractions in [0, 1]; loss in nats per clip) and, when requested, per-video predictions.
 
     ``predictions`` rows: ``key`` (str), ``label`` (int), ``pred`` (int, top-1 class), ``top5`` (list of int),
-    ``score`` (float, averaged softmax score of ``pred``), ``clips`` (int, windows averaged).
+    ``score`` (float, averaged softmax score of ``pred``), ``clips`` (int, windows averaged), ``top5_scores``
+    (list of float, the averaged softmax scores of ``top5``).
     """
 
     videos: int
@@ -191,7 +192,8 @@ def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormali
         v_top5 += int(label in order)
         if with_predictions:
             preds.append({"key": key, "label": label, "pred": int(order[0]), "top5": [int(c) for c in order],
-                          "score": float(avg[order[0]]), "clips": int(tot_counts[key])})
+                          "score": float(avg[order[0]]), "clips": int(tot_counts[key]),
+                          "top5_scores": [float(avg[c]) for c in order]})
     n_videos = len(tot_scores)
     n_clips, c1, c5, loss_sum = clip_stats.tolist()
     return EvalResult(

@@ -253,7 +253,13 @@ def _json_row(r: BenchResult) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``e3d bench models``; prints the table and returns 0 (1 if any configuration failed)."""
+    """Entry point of ``e3d bench models``; prints the table and returns 0 (1 if any configuration failed).
+
+    With ``--runtime`` it runs the deployment-runtime table instead (:mod:`training.runtime_bench`)."""
+    if argv and any(a == "--runtime" or a.startswith("--runtime=") for a in argv):
+        from training.runtime_bench import main as runtime_main
+
+        return runtime_main(argv)
     args = _parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
