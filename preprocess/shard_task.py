@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from preprocess.datasets import Listing, VideoItem
-from preprocess.decode import DecodedVideo, DecodeError
+from preprocess.decode import DecodedVideo, DecodeError, decode_frame_folder, decode_video
 from preprocess.isolate import DecodeRequest, InfrastructureError, shared_worker
 from shards import storage
 from shards.format import FORMAT_VERSION, TarSampleWriter
