@@ -17,8 +17,10 @@ from preprocess.synth.cases import FILE_KINDS, Case, cases_for
 from preprocess.synth.config import UNKNOWN_LABEL, SynthConfig, SynthItem, SynthReport, frames_for
 from preprocess.synth.ffmpeg import AUDIO_CODEC_NAMES, Video, write_audio_only
 from preprocess.synth.plan import Plan, add_file_case, add_video, classes_of, prepare_root, seed
+from shards.datasets import dataset_spec
 
 DS = "kinetics600"
+SPEC = dataset_spec(DS)
 KINETICS_CSV_HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
 KINETICS_SPLITS = ("train", "val")
 # Normal Kinetics videos cycle through these (width, height) and frame rates: real YouTube clips vary.
@@ -141,12 +143,12 @@ class _Kinetics:
             w.writerow(KINETICS_CSV_HEADER)
             for r in sorted(self.rows[split]):
                 w.writerow(r)
-            (self.root / f"kinetics-600_{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
+            (self.root / SPEC.list_file(split)).write_text(buf.getvalue(), encoding="utf-8")
 
 
 def generate_kinetics(out: Path, cfg: SynthConfig, overwrite: bool) -> SynthReport:
     """Write synthetic Kinetics-600 under ``out`` (see :func:`preprocess.synth.generate`)."""
-    root = prepare_root(out, ("train", "val", "kinetics-600_train.csv", "kinetics-600_val.csv"), overwrite)
+    root = prepare_root(out, (*KINETICS_SPLITS, *map(SPEC.list_file, KINETICS_SPLITS)), overwrite)
     gen = _Kinetics(root, cfg)
     gen.normal()
     if cfg.bad_inputs:
