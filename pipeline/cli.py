@@ -173,8 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
                        batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
-    print(f"{m['split']}: {m['eval_videos']} videos, {m['eval_clips']} clips: video top1 {m['eval_video_top1']:.4f} "
-          f"top5 {m['eval_video_top5']:.4f}, clip top1 {m['eval_clip_top1']:.4f}; predictions {m.get('predictions')}")
+    print(f"{m.split}: {m.videos} videos, {m.clips} clips: video top1 {m.video_top1:.4f} "
+          f"top5 {m.video_top5:.4f}, clip top1 {m.clip_top1:.4f}; predictions {m.predictions}")
     return 0
 
 
