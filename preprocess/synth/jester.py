@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.synth.cases import Case, cases_for
+from preprocess.synth.cases import Case
 from preprocess.synth.config import UNKNOWN_LABEL, SynthConfig, SynthItem, SynthReport
 from preprocess.synth.motion import make_scene
-from preprocess.synth.plan import Plan, classes_of, prepare_root, seed
+from preprocess.synth.plan import Plan, build_layout, classes_of, prepare_root, seed
 from shards.datasets import dataset_spec
 
 DS = "jester"
@@ -143,10 +143,5 @@ def generate_jester(out: Path, cfg: SynthConfig, overwrite: bool) -> SynthReport
     files = [JESTER_FRAMES_DIR, SPEC.classes_file] + [SPEC.list_file(s) for s in JESTER_SPLITS]
     root = prepare_root(out, files, overwrite)
     gen = _Jester(root, cfg)
-    gen.normal()
-    if cfg.bad_inputs:
-        for case in cases_for(DS):
-            gen.bad(case)
-    gen.write_lists()
-    items = gen.plan.run(cfg.workers)
+    items = build_layout(gen, DS, cfg)
     return SynthReport(DS, root, tuple(c for c, _ in gen.classes), tuple(items))

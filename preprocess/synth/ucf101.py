@@ -9,10 +9,10 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from preprocess.synth.cases import FILE_KINDS, Case, cases_for
+from preprocess.synth.cases import FILE_KINDS, Case
 from preprocess.synth.config import UNKNOWN_LABEL, SynthConfig, SynthItem, SynthReport, frames_for
 from preprocess.synth.ffmpeg import AUDIO_CODEC_NAMES, Video, write_audio_only
-from preprocess.synth.plan import Plan, add_file_case, add_video, classes_of, prepare_root, seed
+from preprocess.synth.plan import Plan, add_file_case, add_video, build_layout, classes_of, prepare_root, seed
 from shards.datasets import UCF_LISTS, dataset_spec
 
 DS = "ucf101"
@@ -126,10 +126,5 @@ def generate_ucf(out: Path, cfg: SynthConfig, overwrite: bool) -> SynthReport:
     """Write synthetic UCF-101 under ``out`` (see :func:`preprocess.synth.generate`)."""
     root = prepare_root(out, (UCF_VIDEO_DIR, UCF_LIST_DIR), overwrite)
     gen = _Ucf(root, cfg)
-    gen.normal()
-    if cfg.bad_inputs:
-        for case in cases_for(DS):
-            gen.bad(case)
-    gen.write_lists()
-    items = gen.plan.run(cfg.workers)
+    items = build_layout(gen, DS, cfg)
     return SynthReport(DS, root, tuple(c for c, _ in gen.classes), tuple(items))
