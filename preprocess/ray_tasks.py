@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+from preprocess.config import PreprocessConfig
 from preprocess.isolate import START_TIMEOUT_S, InfrastructureError
 from preprocess.shard_record import ShardResult
 from preprocess.shard_task import ShardTask, process_shard
 from shards.raycluster import init_ray  # noqa: F401  (preprocess.run starts Ray through this module)
 
-DEFAULT_TASK_MEMORY = 1 << 30
+DEFAULT_TASK_MEMORY = PreprocessConfig.task_memory_mb << 20  # bytes
 
 
 def task_time_limit(task: ShardTask) -> float:

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from preprocess.config import PreprocessConfig
 from preprocess.datasets import Listing, VideoItem
 from preprocess.decode import DecodedVideo, DecodeError
 from preprocess.isolate import DecodeRequest, InfrastructureError, shared_worker
@@ -28,8 +29,8 @@ from shards.format import FORMAT_VERSION, TarSampleWriter
 
 # Sources up to this size are also compared by content (sha256) on a rerun; larger ones by size and mtime.
 HASH_LIMIT = 4 << 20
-# Stored frames per video at most, unless --max-frames says otherwise: 1 h at 30 stored frames/s.
-DEFAULT_MAX_FRAMES = 108_000
+# Stored frames per video at most, unless --max-frames says otherwise.
+DEFAULT_MAX_FRAMES = PreprocessConfig.max_frames
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _item_hash(item: VideoItem) -> str:
 
 def plan_shards(listing: Listing, *, src_root: str, out_root: str, shard_size: int, short_side: int | None,
                 quality: int, stride: int, decoder: str, native_fps: float | None = None,
-                timeout_s: float = 600.0, max_frames: int = DEFAULT_MAX_FRAMES) -> list[ShardTask]:
+                timeout_s: float = PreprocessConfig.timeout_s, max_frames: int = DEFAULT_MAX_FRAMES) -> list[ShardTask]:
     """Split a listing into shard tasks, deterministically.
 
     Within each shard set, videos are ordered by the SHA-1 of their key (which mixes classes) and dealt
