@@ -253,11 +253,11 @@ def test_a_damaged_record_is_rebuilt_not_trusted(synth, processed, tmp_path):
     shutil.copytree(processed["jester"][0], out)
     reference = _tree_digest(out)
     records = sorted(out.glob("records/*/*.json"))
-    good = json.loads(records[0].read_text())
     records[0].write_bytes(records[0].read_bytes()[:-40])  # truncated
-    records[1].write_text(json.dumps({**good, "shard": "../../elsewhere.tar"}))  # another shard's path
-    bad_row = {**good, "videos": [{**good["videos"][0], "num_frames": "many"}]}
-    records[2].write_text(json.dumps(bad_row))
+    moved = json.loads(records[1].read_text())
+    records[1].write_text(json.dumps({**moved, "index": moved["index"] + 99}))  # names another shard
+    own = json.loads(records[2].read_text())
+    records[2].write_text(json.dumps({**own, "videos": [{**own["videos"][0], "num_frames": "many"}]}))
     summary = preprocess(_cfg(synth["jester"], out), executor=run_tasks_local)
     assert summary.shards_built == 3 and summary.shard_errors == 0
     assert _tree_digest(out) == reference
