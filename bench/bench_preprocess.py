@@ -73,7 +73,7 @@ def run_ours(videos, root: Path, work: Path, decoder: str) -> int:
     shutil.rmtree(out, ignore_errors=True)
     tasks = plan_shards(listing_for(videos, root), src_root=str(root), out_root=str(out), shard_size=len(videos),
                         short_side=128, quality=90, stride=1, decoder=decoder)
-    return sum(process_shard(t)["frames"] for t in tasks)
+    return sum(process_shard(t).record.frames for t in tasks)
 
 
 def ffmpeg_args(v: Path, scale: str) -> list[str]:

@@ -15,7 +15,8 @@ if __package__ in (None, ""):
     # Run as a plain script (``python pipeline/cli.py``): make the repository's packages importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
+from preprocess.config import PreprocessConfig as _Pre  # noqa: E402  (light modules: dataclasses only)
+from shards.datasets import DATASETS  # noqa: E402
 
 
 def _splits(text: str | None) -> tuple[str, ...]:
@@ -173,8 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
                        batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
-    print(f"{m['split']}: {m['eval_videos']} videos, {m['eval_clips']} clips: video top1 {m['eval_video_top1']:.4f} "
-          f"top5 {m['eval_video_top5']:.4f}, clip top1 {m['eval_clip_top1']:.4f}; predictions {m.get('predictions')}")
+    print(f"{m.split}: {m.videos} videos, {m.clips} clips: video top1 {m.video_top1:.4f} "
+          f"top5 {m.video_top5:.4f}, clip top1 {m.clip_top1:.4f}; predictions {m.predictions}")
     return 0
 
 
@@ -265,17 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--src", required=True, help="dataset root in its original layout")
     s.add_argument("--out", required=True, help="output root (local path or URI)")
     s.add_argument("--splits", default=None, help="comma-separated splits (default: all of the dataset's)")
-    s.add_argument("--short-side", type=_short_side, default=128, help="pixels, or 'native' (default 128)")
-    s.add_argument("--quality", type=int, default=90, help="JPEG quality of encoded frames (default 90)")
+    s.add_argument("--short-side", type=_short_side, default=_Pre.short_side,
+                   help=f"pixels, or 'native' (default {_Pre.short_side})")
+    s.add_argument("--quality", type=int, default=_Pre.quality,
+                   help=f"JPEG quality of encoded frames (default {_Pre.quality})")
     s.add_argument("--shard-size", type=int, default=None, help="videos per shard (default per dataset)")
-    s.add_argument("--decoder", choices=("av", "ffmpeg"), default="av",
+    s.add_argument("--decoder", choices=("av", "ffmpeg"), default=_Pre.decoder,
                    help="av: FFmpeg libraries in-process (fast); ffmpeg: the ffmpeg binary via ffmpeg-python")
-    s.add_argument("--max-failed", type=float, default=0.05, help="tolerated fraction of failed videos")
-    s.add_argument("--timeout", type=float, default=600.0,
-                   help="hard wall-clock limit per video in seconds (a stuck decoder is killed; default 600)")
-    s.add_argument("--max-frames", type=int, default=108_000,
-                   help="stored frames per video at most; longer videos are cut (default 108000 = 1 h at 30/s)")
-    s.add_argument("--task-memory", type=int, default=1024, help="MiB each shard task declares to Ray (default 1024)")
+    s.add_argument("--max-failed", type=float, default=_Pre.max_failed, help="tolerated fraction of failed videos")
+    s.add_argument("--timeout", type=float, default=_Pre.timeout_s, help="hard wall-clock limit per video in seconds "
+                   f"(a stuck decoder is killed; default {_Pre.timeout_s:g})")
+    s.add_argument("--max-frames", type=int, default=_Pre.max_frames, help="stored frames per video at most; "
+                   f"longer videos are cut (default {_Pre.max_frames} = {_Pre.max_frames / 30 / 3600:g} h at 30/s)")
+    s.add_argument("--task-memory", type=int, default=_Pre.task_memory_mb,
+                   help=f"MiB each shard task declares to Ray (default {_Pre.task_memory_mb})")
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     s.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray")
     s.add_argument("--no-progress", action="store_true")

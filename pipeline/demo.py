@@ -122,9 +122,9 @@ def _print_training(cfg, summary, m, ev, times) -> None:
           f"{m.metrics.get('clips_per_s', float('nan')):>13.1f}{m.metrics.get('data_wait_frac', float('nan')):>10.0%}")
     print(f"{'checkpoint':<12}{'split':<12}{'videos':>7}{'clips':>7}{'video top1':>11}{'video top5':>11}"
           f"{'clip top1':>10}{'chance':>8}")
-    for name, r in (("last", {k[5:]: v for k, v in m.metrics.items() if k.startswith("eval_")}),
-                    ("best", {k[5:]: v for k, v in ev.items() if k.startswith("eval_")})):
-        print(f"{name:<12}{ev['split']:<12}{r['videos']:>7}{r['clips']:>7}{r['video_top1']:>11.3f}"
-              f"{r['video_top5']:>11.3f}{r['clip_top1']:>10.3f}{chance:>8.2f}")
+    rows = (("last", m.eval_videos, m.metrics["eval_clips"], m.eval_video_top1, m.eval_video_top5, m.eval_clip_top1),
+            ("best", ev.videos, ev.clips, ev.video_top1, ev.video_top5, ev.clip_top1))
+    for name, videos, clips, top1, top5, clip_top1 in rows:
+        print(f"{name:<12}{ev.split:<12}{videos:>7}{clips:>7}{top1:>11.3f}{top5:>11.3f}{clip_top1:>10.3f}{chance:>8.2f}")
     print(f"data {t_data:.0f} s, training {t_train:.0f} s, evaluation {t_eval:.0f} s; run directory {cfg.out} "
-          f"(tensorboard --logdir {cfg.out}/tensorboard); predictions {ev.get('predictions')}")
+          f"(tensorboard --logdir {cfg.out}/tensorboard); predictions {ev.predictions}")

@@ -28,7 +28,6 @@ from pathlib import Path
 from shards.datasets import dataset_spec
 from shards.format import safe_key
 
-UCF_VIDEOS = "UCF-101"
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".3gp", ".mpg", ".mpeg", ".ogv", ".wmv")
 
 
@@ -297,10 +296,8 @@ def _list_kinetics(root: Path, splits: tuple[str, ...]) -> Listing:
 # --------------------------------------------------------------------------------------------------
 # Jester
 
-JESTER_FRAMES = "20bn-jester-v1"
-
-
 JESTER = dataset_spec("jester")
+JESTER_FRAMES = JESTER.media_dir
 
 
 @register_adapter("jester")
@@ -335,6 +332,7 @@ def _list_jester(root: Path, splits: tuple[str, ...]) -> Listing:
 
 
 UCF = dataset_spec("ucf101")
+UCF_VIDEOS = UCF.media_dir
 
 
 @register_adapter("ucf101")
@@ -369,11 +367,11 @@ def _list_ucf(root: Path, splits: tuple[str, ...]) -> Listing:
                                     f"malformed line (expected Class/file.avi): {line!r}"))
         elif cls in index and given is not None and given != index[cls] + 1:
             problems.append(Problem(found or source, cls, (split,), "failed",
-                                    f"class index {given} in {path.name} disagrees with classInd.txt "
+                                    f"class index {given} in {path.name} disagrees with {class_ind.name} "
                                     f"({cls} = {index[cls] + 1})"))
         else:
             _file_listed(entries, problems, disk, index, split, cls, found, source,
-                         classes_from="not in classInd.txt",
+                         classes_from=f"not in {class_ind.name}",
                          missing_reason=f"listed in {path.name} but not on disk")
     return Listing("ucf101", "video", tuple(classes), splits, _items(entries, index),
                    tuple(problems + _conflicts(entries) + _unlisted(disk)))

@@ -8,13 +8,14 @@ ordinary results and are never retried.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
+from preprocess.config import PreprocessConfig
 from preprocess.isolate import START_TIMEOUT_S, InfrastructureError
+from preprocess.shard_record import ShardResult
 from preprocess.shard_task import ShardTask, process_shard
 from shards.raycluster import init_ray  # noqa: F401  (preprocess.run starts Ray through this module)
 
-DEFAULT_TASK_MEMORY = 1 << 30
+DEFAULT_TASK_MEMORY = PreprocessConfig.task_memory_mb << 20  # bytes
 
 
 def task_time_limit(task: ShardTask) -> float:
@@ -24,9 +25,10 @@ def task_time_limit(task: ShardTask) -> float:
 
 
 def run_tasks_ray(tasks: Sequence[ShardTask], *, max_retries: int = 3,
-                  fn: Callable[[ShardTask], dict] = process_shard, memory_bytes: int = DEFAULT_TASK_MEMORY,
-                  stall_timeout_s: float | None = None) -> Iterator[tuple[ShardTask, Any]]:
-    """Yield ``(task, record)`` as tasks finish; a task that still fails after retries yields its exception.
+                  fn: Callable[[ShardTask], ShardResult] = process_shard, memory_bytes: int = DEFAULT_TASK_MEMORY,
+                  stall_timeout_s: float | None = None) -> Iterator[tuple[ShardTask, ShardResult | BaseException]]:
+    """Yield ``(task, result)`` (a :class:`ShardResult`) as tasks finish; a task that still fails after
+    retries yields its exception.
 
     ``max_retries`` covers system failures (the worker process or its node dying); exceptions raised by
     ``fn`` are not retried, since per-video decode errors are already results and anything else would fail
@@ -56,7 +58,7 @@ def run_tasks_ray(tasks: Sequence[ShardTask], *, max_retries: int = 3,
                 yield task, exc
 
 
-def run_tasks_local(tasks: Sequence[ShardTask]) -> Iterator[tuple[ShardTask, Any]]:
+def run_tasks_local(tasks: Sequence[ShardTask]) -> Iterator[tuple[ShardTask, ShardResult | BaseException]]:
     """Same contract as ``run_tasks_ray``, in this process (tests, debugging)."""
     for t in tasks:
         try:
@@ -65,4 +67,5 @@ def run_tasks_local(tasks: Sequence[ShardTask]) -> Iterator[tuple[ShardTask, Any
             yield t, exc
 
 
-Executor = Callable[[Sequence[ShardTask]], Iterator[tuple[ShardTask, Any]]]
+# Yields (task, ShardResult), or (task, the exception) for a task that failed even after retries.
+Executor = Callable[[Sequence[ShardTask]], Iterator[tuple[ShardTask, ShardResult | BaseException]]]

@@ -19,7 +19,8 @@ from preprocess.config import PreprocessConfig
 from preprocess.datasets import Listing, get_adapter, shard_set_name
 from preprocess.isolate import InfrastructureError, is_infrastructure_errno
 from preprocess.ray_tasks import Executor
-from preprocess.shard_task import ShardTask, plan_shards
+from preprocess.shard_record import ShardRecord
+from preprocess.shard_task import ShardTask, failed_record, plan_shards
 from shards import manifest as mf
 from shards import storage
 from shards.datasets import dataset_spec
@@ -134,7 +135,7 @@ def _preprocess(cfg: PreprocessConfig, listing: Listing, tasks: list[ShardTask],
 
         started_ray = init_ray(cfg.address, cfg.num_cpus)
         executor = functools.partial(run_tasks_ray, memory_bytes=cfg.task_memory_mb << 20)
-    records: list[dict[str, Any]] = []
+    records: list[ShardRecord] = []
     built = skipped = errors = frames_decoded = 0
     cpu_s = 0.0
     ok = failed = 0
@@ -148,20 +149,22 @@ def _preprocess(cfg: PreprocessConfig, listing: Listing, tasks: list[ShardTask],
                 raise InfrastructureError(f"{task.shard_path}: {_first_line(result)}") from result
             if isinstance(result, BaseException):
                 errors += 1
-                result = _failed_record(task, result)
-            elif result.get("skipped"):
-                skipped += 1
+                record = failed_record(task, _task_failure(result))
             else:
-                built += 1
-                frames_decoded += result["decoded_frames"]
-                cpu_s += result.get("cpu_s", 0.0)
-            records.append(result)
-            n_ok = sum(v["status"] == "ok" for v in result["videos"])
+                record = result.record
+                if result.skipped:
+                    skipped += 1
+                else:
+                    built += 1
+                    frames_decoded += record.decoded_frames
+                    cpu_s += result.cpu_s
+            records.append(record)
+            n_ok = sum(v.ok for v in record.videos)
             ok += n_ok
-            failed += len(result["videos"]) - n_ok
+            failed += len(record.videos) - n_ok
             el = time.monotonic() - t_run
             bar.set_postfix_str(f"ok={ok} failed={failed} {frames_decoded / max(el, 1e-9):.0f} frames/s")
-            bar.update(len(result["videos"]))
+            bar.update(len(record.videos))
     finally:
         bar.close()
         if started_ray:
@@ -172,7 +175,7 @@ def _preprocess(cfg: PreprocessConfig, listing: Listing, tasks: list[ShardTask],
         summary_splits = write_manifests(cfg, listing, records, lease=lease)
     attempted = ok + failed + sum(1 for p in listing.problems if p.status == "failed")
     n_failed = failed + sum(1 for p in listing.problems if p.status == "failed")
-    reasons = Counter(_reason_kind(v["reason"]) for r in records for v in r["videos"] if v["status"] == "failed")
+    reasons = Counter(_reason_kind(v.reason) for r in records for v in r.videos if not v.ok)
     reasons.update(_reason_kind(p.reason) for p in listing.problems if p.status == "failed")
     return PreprocessSummary(
         dataset=cfg.dataset,
@@ -219,16 +222,12 @@ def _reason_kind(reason: str) -> str:
     return re.split(r": | \(| \[", reason, maxsplit=1)[0]
 
 
-def _failed_record(task: ShardTask, exc: BaseException) -> dict[str, Any]:
-    reason = f"shard task failed after retries: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    videos = [{"source": i.source, "key": i.key, "label": i.label, "label_index": i.label_index,
-               "splits": list(i.splits), "status": "failed", "reason": reason, "num_frames": 0,
-               "source_frames": 0, "stride": task.stride, "fps": 0.0, "width": 0, "height": 0} for i in task.items]
-    return {"shard_set": task.shard_set, "index": task.index, "shard": None, "samples": 0, "frames": 0,
-            "bytes": 0, "sha256": None, "videos": videos, "decoded_frames": 0, "skipped": False}
+def _task_failure(exc: BaseException) -> str:
+    """The reason recorded for each video of a shard task that raised ``exc`` even after retries."""
+    return f"shard task failed after retries: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[dict[str, Any]], *,
+def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[ShardRecord], *,
                     lease: Lease | None = None) -> tuple[SplitSummary, ...]:
     """Write ``manifest/<split>/*.parquet`` for every split of this run, then ``dataset.json``.
 
@@ -238,23 +237,23 @@ def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[d
     check = lease.check if lease is not None else (lambda: None)
     per_split: dict[str, mf.Manifest] = defaultdict(mf.Manifest)
     sets_of_split: dict[str, set[str]] = defaultdict(set)
-    for rec in sorted(records, key=lambda r: (r["shard_set"], r["index"])):
-        for v in rec["videos"]:
-            for split in v["splits"]:
+    for rec in sorted(records, key=lambda r: (r.shard_set, r.index)):
+        for v in rec.videos:
+            for split in v.splits:
                 if split not in listing.splits:
                     continue
                 per_split[split].videos.append(mf.VideoRow(
-                    key=v["key"], source=v["source"], label=v["label"], label_index=v["label_index"], split=split,
-                    shard_set=rec["shard_set"], status=v["status"], reason=v["reason"], num_frames=v["num_frames"],
-                    source_frames=v["source_frames"], stride=v["stride"], fps=v["fps"], width=v["width"],
-                    height=v["height"], shard=rec["shard"] if v["status"] == "ok" else None))
-        if rec["shard"] is None:
+                    key=v.key, source=v.source, label=v.label, label_index=v.label_index, split=split,
+                    shard_set=rec.shard_set, status=v.status, reason=v.reason, num_frames=v.num_frames,
+                    source_frames=v.source_frames, stride=v.stride, fps=v.fps, width=v.width, height=v.height,
+                    shard=rec.shard if v.ok else None))
+        if rec.shard is None or rec.sha256 is None:
             continue
-        for split in rec["shard_set"].split("+"):
+        for split in rec.shard_set.split("+"):
             if split in listing.splits:
-                sets_of_split[split].add(rec["shard_set"])
-                per_split[split].shards.append(mf.ShardRow(rec["shard"], rec["shard_set"], rec["samples"],
-                                                           rec["frames"], rec["bytes"], rec["sha256"]))
+                sets_of_split[split].add(rec.shard_set)
+                per_split[split].shards.append(mf.ShardRow(rec.shard, rec.shard_set, rec.samples, rec.frames,
+                                                           rec.bytes, rec.sha256))
     unlisted = mf.Manifest()
     for p in listing.problems:
         row = dict(key=safe_key(p.source), source=p.source, label=p.label,

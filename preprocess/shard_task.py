@@ -19,18 +19,18 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from preprocess.config import PreprocessConfig
 from preprocess.datasets import Listing, VideoItem
 from preprocess.decode import DecodedVideo, DecodeError, decode_frame_folder, decode_video
 from preprocess.isolate import DecodeRequest, InfrastructureError, shared_worker
+from preprocess.shard_record import ShardRecord, ShardResult, SourceStamp, VideoRecord
 from shards import storage
 from shards.format import FORMAT_VERSION, TarSampleWriter
 
 # Sources up to this size are also compared by content (sha256) on a rerun; larger ones by size and mtime.
 HASH_LIMIT = 4 << 20
-# Stored frames per video at most, unless --max-frames says otherwise: 1 h at 30 stored frames/s.
-DEFAULT_MAX_FRAMES = 108_000
-
-RECORD_VERSION = 1
+# Stored frames per video at most, unless --max-frames says otherwise.
+DEFAULT_MAX_FRAMES = PreprocessConfig.max_frames
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _item_hash(item: VideoItem) -> str:
 
 def plan_shards(listing: Listing, *, src_root: str, out_root: str, shard_size: int, short_side: int | None,
                 quality: int, stride: int, decoder: str, native_fps: float | None = None,
-                timeout_s: float = 600.0, max_frames: int = DEFAULT_MAX_FRAMES) -> list[ShardTask]:
+                timeout_s: float = PreprocessConfig.timeout_s, max_frames: int = DEFAULT_MAX_FRAMES) -> list[ShardTask]:
     """Split a listing into shard tasks, deterministically.
 
     Within each shard set, videos are ordered by the SHA-1 of their key (which mixes classes) and dealt
@@ -161,8 +161,8 @@ def _metadata(task: ShardTask, item: VideoItem, v: DecodedVideo, offsets: list[i
     }
 
 
-def source_stamp(path: str, *, with_hash: bool = True, limit: int | None = None) -> dict[str, Any] | None:
-    """What identifies a source's content: ``{"size", "mtime_ns"}`` (bytes, nanoseconds) plus ``"sha256"``
+def source_stamp(path: str, *, with_hash: bool = True, limit: int | None = None) -> SourceStamp | None:
+    """What identifies a source's content: its size (bytes) and mtime (nanoseconds) plus its SHA-256
     when ``with_hash`` and the size is at most ``limit`` bytes (default :data:`HASH_LIMIT`). A folder of
     frames counts as the sum of its files' sizes, its newest mtime, and a hash over its file names and
     contents. None when it is gone."""
@@ -177,128 +177,135 @@ def source_stamp(path: str, *, with_hash: bool = True, limit: int | None = None)
             names, files, size, mtime = [""], [path], st.st_size, st.st_mtime_ns
     except FileNotFoundError:
         return None
-    stamp: dict[str, Any] = {"size": size, "mtime_ns": mtime}
-    if with_hash and size <= (HASH_LIMIT if limit is None else limit):
-        h = hashlib.sha256()
-        for name, f in zip(names, files, strict=True):
-            h.update(name.encode() + b"\0")
-            with open(f, "rb") as fh:
-                h.update(fh.read())
-        stamp["sha256"] = h.hexdigest()
-    return stamp
+    if not (with_hash and size <= (HASH_LIMIT if limit is None else limit)):
+        return SourceStamp(size, mtime)
+    h = hashlib.sha256()
+    for name, f in zip(names, files, strict=True):
+        h.update(name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return SourceStamp(size, mtime, h.hexdigest())
 
 
-def source_changed(task: ShardTask, video: dict[str, Any]) -> bool:
+def source_changed(task: ShardTask, video: VideoRecord) -> bool:
     """True when a recorded video's source differs from what its stamp says: another size; for a small
     source another content (a copy with new mtimes but the same bytes is unchanged); for a large one
     another mtime. Records written before stamps existed count as unchanged."""
-    old = video.get("source_stamp")
+    old = video.source_stamp
     if old is None:
         return False
-    path = os.path.join(task.src_root, video["source"])
+    path = os.path.join(task.src_root, video.source)
     new = source_stamp(path, with_hash=False)
-    if new is None or new["size"] != old.get("size"):
+    if new is None or new.size != old.size:
         return True
-    if "sha256" in old:
-        return (source_stamp(path) or {}).get("sha256") != old["sha256"]
-    return new["mtime_ns"] != old.get("mtime_ns")
+    if old.sha256 is not None:
+        hashed = source_stamp(path)
+        return hashed is None or hashed.sha256 != old.sha256
+    return new.mtime_ns != old.mtime_ns
 
 
-def read_record(task: ShardTask) -> dict[str, Any] | None:
+def read_record(task: ShardTask) -> ShardRecord | None:
     """The task's record if its shard is complete, was built from the same plan and none of its sources
-    changed since (:func:`source_changed`), else None."""
+    changed since (:func:`source_changed`), else None. A record file that does not parse (truncated,
+    edited, another version:
+    :class:`~preprocess.shard_record.RecordError`) counts as absent, so the shard is rebuilt."""
     fs, base = storage.resolve(task.out_root)
     rpath = storage.join(base, task.record_path)
     if not storage.exists(fs, rpath):
         return None
     try:
-        rec = json.loads(storage.read_bytes(fs, rpath))
-    except (ValueError, OSError):
+        rec = ShardRecord.from_dict(json.loads(storage.read_bytes(fs, rpath)), task.record_path)
+    except (ValueError, OSError):  # RecordError is a ValueError, as is bad JSON or UTF-8
         return None
-    if rec.get("plan_hash") != task.plan_hash():
+    if rec.plan_hash != task.plan_hash():
         return None
-    if rec["shard"] is not None and storage.size(fs, storage.join(base, rec["shard"])) != rec["bytes"]:
+    if (rec.shard_set, rec.index) != (task.shard_set, task.index) or rec.shard not in (None, task.shard_path):
+        return None  # a record of another shard copied here: not this task's
+    if rec.shard is not None and storage.size(fs, storage.join(base, rec.shard)) != rec.bytes:
         return None
-    if any(source_changed(task, v) for v in rec.get("videos", [])):
+    if any(source_changed(task, v) for v in rec.videos):
         return None
     return rec
 
 
-def process_shard(task: ShardTask) -> dict[str, Any]:
+def process_shard(task: ShardTask) -> ShardResult:
     """Build one shard (or return the record of an identical finished one).
 
-    Returns the task record: per-video rows (status ``ok`` or ``failed`` with a reason), and the shard's
-    path, sample and frame counts, bytes and sha256. Per-video errors never raise (a video that hangs,
-    crashes or exhausts memory in its decode process is recorded ``failed`` with the reason); errors of the
-    machine (the output or the spool not writable, disk full) raise :class:`InfrastructureError`.
+    Returns the task's :class:`ShardResult`: its record holds per-video rows (status ``ok`` or ``failed``
+    with a reason), and the shard's path, sample and frame counts, bytes and sha256. Per-video errors never
+    raise (a video that hangs, crashes or exhausts memory in its decode process is recorded ``failed`` with
+    the reason); errors of the machine (the output or the spool not writable, disk full) raise
+    :class:`InfrastructureError`.
     """
     done = read_record(task)
     if done is not None:
-        return {**done, "skipped": True}
+        return ShardResult(done, skipped=True)
     t0, c0, w0 = time.monotonic(), _cpu_seconds(), shared_worker().cpu_s
     fs, base = storage.resolve(task.out_root)
     try:
         with tempfile.TemporaryDirectory(prefix="e3d-spool-") as spool_dir:
-            videos, samples, frames, decoded, shard_rel, nbytes, digest = _build(task, fs, base, spool_dir)
+            record = _build(task, fs, base, spool_dir)
     except OSError as exc:
         # Writing the shard (or the local spool) failed: the machine's fault, not the videos'.
         raise InfrastructureError(f"{task.shard_path}: {type(exc).__name__}: {exc}") from exc
-    record = {
-        "record_version": RECORD_VERSION,
-        "plan_hash": task.plan_hash(),
-        "shard_set": task.shard_set,
-        "index": task.index,
-        "shard": shard_rel,
-        "samples": samples,
-        "frames": frames,
-        "decoded_frames": decoded,
-        "bytes": nbytes,
-        "sha256": digest,
-        "videos": videos,
-    }
-    # Timings stay out of the record file so that reruns write identical bookkeeping.
     try:
         storage.write_bytes_atomic(fs, storage.join(base, task.record_path),
-                                   json.dumps(record, sort_keys=True, indent=1).encode())
+                                   json.dumps(record.to_dict(), sort_keys=True, indent=1).encode())
     except OSError as exc:
         raise InfrastructureError(f"{task.record_path}: {type(exc).__name__}: {exc}") from exc
     cpu_s = _cpu_seconds() - c0 + shared_worker().cpu_s - w0
-    return {**record, "skipped": False, "cpu_s": cpu_s, "wall_s": time.monotonic() - t0}
+    return ShardResult(record, skipped=False, cpu_s=cpu_s, wall_s=time.monotonic() - t0)
 
 
-def _build(task: ShardTask, fs, base: str, spool_dir: str):
+def video_record(task: ShardTask, item: VideoItem, status: str, reason: str, stamp: SourceStamp | None = None,
+                 **counts: Any) -> VideoRecord:
+    """The row of ``item`` in ``task``'s record; ``counts`` (``num_frames``, ``source_frames``, ``fps``,
+    ``width``, ``height``) are 0 unless given, as for a video that produced no sample."""
+    return VideoRecord(source=item.source, key=item.key, label=item.label, label_index=item.label_index,
+                       splits=tuple(item.splits), status=status, reason=reason, stride=task.stride,
+                       source_stamp=stamp, **{"num_frames": 0, "source_frames": 0, "fps": 0.0, "width": 0,
+                                              "height": 0, **counts})
+
+
+def failed_record(task: ShardTask, reason: str) -> ShardRecord:
+    """The in-memory record of a task that failed as a whole (never written): every video ``failed``."""
+    return ShardRecord(shard_set=task.shard_set, index=task.index, shard=None, samples=0, frames=0,
+                       decoded_frames=0, bytes=0, sha256=None,
+                       videos=tuple(video_record(task, i, "failed", reason) for i in task.items))
+
+
+def _build(task: ShardTask, fs, base: str, spool_dir: str) -> ShardRecord:
     """Decode the task's videos one by one into the shard tar; each video's frames are streamed from its
     spool file, so memory does not grow with video length or shard size."""
-    videos: list[dict[str, Any]] = []
+    videos: list[VideoRecord] = []
     samples = frames = decoded = 0
     shard_rel = task.shard_path
     spool = os.path.join(spool_dir, "frames.jpgs")
     with storage.atomic_output(fs, storage.join(base, shard_rel)) as out:
         writer = TarSampleWriter(out)
         for item in sorted(task.items, key=_item_hash):
-            row = {"source": item.source, "key": item.key, "label": item.label, "label_index": item.label_index,
-                   "splits": list(item.splits), "status": "failed", "reason": "", "num_frames": 0,
-                   "source_frames": 0, "stride": task.stride, "fps": 0.0, "width": 0, "height": 0}
             # Taken before decoding: a source that changes during or after it is re-decoded by the next run.
-            row["source_stamp"] = source_stamp(os.path.join(task.src_root, item.source))
+            stamp = source_stamp(os.path.join(task.src_root, item.source))
             try:
                 v = _decode(task, item, spool)
             except DecodeError as exc:
-                row["reason"] = str(exc)
-            else:
-                offsets = _offsets(v.frame_sizes)
-                meta = _metadata(task, item, v, offsets)
-                with open(spool, "rb") as f:
-                    writer.write_stream(item.key, item.label_index, meta, f, offsets[-1])
-                samples += 1
-                frames += v.num_stored
-                decoded += v.source_frames
-                row.update(status="ok", reason="; ".join(v.warnings), num_frames=v.num_stored,
-                           source_frames=v.source_frames, fps=meta["fps"], width=v.width, height=v.height)
-            videos.append(row)
+                videos.append(video_record(task, item, "failed", str(exc), stamp))
+                continue
+            offsets = _offsets(v.frame_sizes)
+            meta = _metadata(task, item, v, offsets)
+            with open(spool, "rb") as f:
+                writer.write_stream(item.key, item.label_index, meta, f, offsets[-1])
+            samples += 1
+            frames += v.num_stored
+            decoded += v.source_frames
+            videos.append(video_record(task, item, "ok", "; ".join(v.warnings), stamp, num_frames=v.num_stored,
+                                       source_frames=v.source_frames, fps=meta["fps"], width=v.width,
+                                       height=v.height))
         writer.close()
+    common = dict(shard_set=task.shard_set, index=task.index, frames=frames, decoded_frames=decoded,
+                  videos=tuple(videos), plan_hash=task.plan_hash())
     if samples == 0:
         # Nothing decodable: leave no empty tar behind (readers would have to special-case it).
         fs.delete_file(storage.join(base, shard_rel))
-        return videos, samples, frames, decoded, None, 0, None
-    return videos, samples, frames, decoded, shard_rel, out.nbytes, out.sha256.hexdigest()
+        return ShardRecord(shard=None, samples=0, bytes=0, sha256=None, **common)
+    return ShardRecord(shard=shard_rel, samples=samples, bytes=out.nbytes, sha256=out.sha256.hexdigest(), **common)

@@ -29,6 +29,8 @@ class DatasetSpec:
         native_fps: frame rate of a ``frames`` dataset (it has no container to say it); None for videos.
         classes_file: list file naming the classes, relative to the dataset root.
         list_file: ``split -> path`` (relative to the root) of the list file of a split.
+        media_dir: folder (relative to the root) holding every video or frame folder; None when the videos
+            sit in per-split folders named like the splits (Kinetics).
         released_classes: class count of the released checkpoints trained on it; None when there are none.
         released_name: what the released-checkpoint loader calls it (``kinetics``, ``jester``).
         released_normalization: preset the released checkpoints expect; None when there are none.
@@ -47,6 +49,7 @@ class DatasetSpec:
     native_fps: float | None
     classes_file: str
     list_file: Callable[[str], str]
+    media_dir: str | None = None
     released_classes: int | None = None
     released_name: str | None = None
     released_normalization: str | None = None
@@ -65,13 +68,13 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
         name="jester", kind="frames", splits=("train", "validation", "test"), train_split="train",
         val_split="validation", stored_stride=2, source_stride=2, flip_safe=False, normalization="paper",
         shard_size=1000, native_fps=12.0, classes_file="jester-v1-labels.csv",
-        list_file=lambda split: f"jester-v1-{split}.csv", released_classes=27, released_name="jester",
-        released_normalization="released-jester"),
+        list_file=lambda split: f"jester-v1-{split}.csv", media_dir="20bn-jester-v1", released_classes=27,
+        released_name="jester", released_normalization="released-jester"),
     "ucf101": DatasetSpec(
         name="ucf101", kind="video", splits=("train1", "test1", "train2", "test2", "train3", "test3"),
         train_split="train1", val_split="test1", stored_stride=1, source_stride=1, flip_safe=True,
         normalization="paper", shard_size=64, native_fps=None, classes_file=f"{UCF_LISTS}/classInd.txt",
-        list_file=lambda split: f"{UCF_LISTS}/{split[:-1]}list0{split[-1]}.txt"),
+        list_file=lambda split: f"{UCF_LISTS}/{split[:-1]}list0{split[-1]}.txt", media_dir="UCF-101"),
 }
 
 #: Dataset names, in the table's order.

@@ -154,7 +154,7 @@ def test_ray_training_on_s3_checkpoints_resumes_and_evaluates_there(ray_local, s
     assert again.resumed_at_step == 6 and again.step == 9
 
     ev = run_evaluation(again.best_checkpoint, shards, out=f"s3://{s3}/eval", workers=2, batch_size=3)
-    assert ev["eval_videos"] == 15 and ev["eval_incomplete_videos"] == 0
+    assert ev.videos == 15 and ev.incomplete_videos == 0 and ev.split == "validation"
     assert {"eval_validation.json", "predictions_validation.parquet"} <= set(_objects(f"s3://{s3}/eval"))
 
 

@@ -202,6 +202,67 @@ def test_changed_settings_rebuild_instead_of_reusing(synth, tmp_path):
         assert next(iter_samples(f)).meta["height"] == 64
 
 
+
+def _mutations(value, rng, depth=0):
+    """One hostile variant of a JSON value: a key dropped or a value swapped for another JSON type, at a
+    random depth."""
+    odd = [None, True, -1, 2**70, 1.5, float("nan"), float("inf"), "", "x" * 3, [], {}, [1, "a"], {"a": 1}]
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = sorted(value)[rng.integers(len(value))]
+        out = dict(value)
+        if rng.random() < 0.3:
+            del out[key]
+        else:
+            out[key] = _mutations(value[key], rng, depth + 1)
+        return out
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        i = int(rng.integers(len(value)))
+        return value[:i] + [_mutations(value[i], rng, depth + 1)] + value[i + 1:]
+    return odd[rng.integers(len(odd))]
+
+
+def test_shard_record_round_trips_and_rejects_hostile_json(processed):
+    from preprocess.shard_record import RecordError, ShardRecord
+
+    files = sorted((processed["ucf101"][0] / "records").rglob("*.json"))
+    raw = [json.loads(f.read_text()) for f in files]
+    for f, d in zip(files, raw, strict=True):
+        rec = ShardRecord.from_dict(d, f.name)
+        # the typed record writes back exactly the bytes that are on disk
+        assert json.dumps(rec.to_dict(), sort_keys=True, indent=1).encode() == f.read_bytes()
+    assert any(not v.ok for d in raw for v in ShardRecord.from_dict(d).videos)  # failed rows parse too
+    rng = np.random.default_rng(0)
+    rejected = 0
+    for _ in range(3000):
+        d = _mutations(raw[rng.integers(len(raw))], rng)
+        try:
+            rec = ShardRecord.from_dict(d)
+        except RecordError as exc:
+            rejected += 1
+            assert str(exc).startswith("record")  # names where the problem is
+            continue
+        assert ShardRecord.from_dict(rec.to_dict()) == rec
+    assert rejected > 2000
+    for junk in (None, [], "x", 3, {"record_version": 2}):
+        with pytest.raises(RecordError):
+            ShardRecord.from_dict(junk)
+
+
+def test_a_damaged_record_is_rebuilt_not_trusted(synth, processed, tmp_path):
+    out = tmp_path / "o"
+    shutil.copytree(processed["jester"][0], out)
+    reference = _tree_digest(out)
+    records = sorted(out.glob("records/*/*.json"))
+    records[0].write_bytes(records[0].read_bytes()[:-40])  # truncated
+    moved = json.loads(records[1].read_text())
+    records[1].write_text(json.dumps({**moved, "index": moved["index"] + 99}))  # names another shard
+    own = json.loads(records[2].read_text())
+    records[2].write_text(json.dumps({**own, "videos": [{**own["videos"][0], "num_frames": "many"}]}))
+    summary = preprocess(_cfg(synth["jester"], out), executor=run_tasks_local)
+    assert summary.shards_built == 3 and summary.shard_errors == 0
+    assert _tree_digest(out) == reference
+
+
 _CHILD = """
 import sys
 from preprocess.config import PreprocessConfig

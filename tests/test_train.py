@@ -230,6 +230,22 @@ def test_run_result_is_a_typed_record_of_the_final_metrics():
         done.step = 7
 
 
+def test_evaluation_result_reads_what_evaluate_checkpoint_returns():
+    from training.evaluate import EvalResult
+    from training.result import EvaluationResult
+
+    r = EvalResult(videos=15, clips=40, video_top1=0.6, video_top5=1.0, clip_top1=0.5, clip_top5=0.9, loss=1.2,
+                   incomplete_videos=1)
+    d = {**r.metrics("eval_"), "split": "validation", "checkpoint": "c.pt", "predictions": "p.parquet"}
+    ev = EvaluationResult.from_dict(json.loads(json.dumps(d)))  # as read back from eval_<split>.json
+    assert (ev.split, ev.checkpoint, ev.videos, ev.clips, ev.incomplete_videos) == ("validation", "c.pt", 15, 40, 1)
+    assert (ev.video_top1, ev.video_top5, ev.clip_top1, ev.clip_top5, ev.loss) == (0.6, 1.0, 0.5, 0.9, 1.2)
+    assert ev.predictions == "p.parquet" and ev.metrics == d
+    assert EvaluationResult.from_dict({k: v for k, v in d.items() if k != "predictions"}).predictions is None
+    with pytest.raises(ValueError, match="eval_clips"):
+        EvaluationResult.from_dict({k: v for k, v in d.items() if k != "eval_clips"})
+
+
 def test_retired_fault_field_in_an_old_config_is_dropped():
     d = TrainConfig.for_dataset("jester", "/s", "/o").to_dict()
     assert "fault" not in d

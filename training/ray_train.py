@@ -34,7 +34,7 @@ from shards import storage
 from shards.raycluster import init_ray
 from training.config import TrainConfig
 from training.loop import CHECKPOINT_FILE, Hooks, NonFiniteLossError, Session, train_group
-from training.result import RunResult
+from training.result import EvaluationResult, RunResult
 
 
 class RaySession(Session):
@@ -183,7 +183,7 @@ def _eval_worker(config: dict[str, Any]) -> None:
 
 def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, split: str | None = None,
                    batch_size: int = 16, use_gpu: bool = False, address: str | None = None,
-                   num_cpus: int | None = None) -> dict[str, Any]:
+                   num_cpus: int | None = None) -> EvaluationResult:
     """Evaluate a checkpoint (see :func:`training.evaluate.evaluate_checkpoint`): in this process with one
     worker, on ``workers`` Ray Train workers otherwise (every video still counted once)."""
     from training.checkpoints import load_checkpoint
@@ -196,7 +196,7 @@ def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, 
     kwargs = {"checkpoint": storage.canonical(checkpoint), "shards": storage.canonical(shards), "out": out,
               "split": split, "batch_size": batch_size, "use_gpu": use_gpu}
     if workers <= 1:
-        return evaluate_checkpoint(**kwargs)
+        return EvaluationResult.from_dict(evaluate_checkpoint(**kwargs))
     started = init_ray(address, num_cpus=num_cpus)
     try:
         run_dir = storage.join(out, "ray-eval")
@@ -212,4 +212,5 @@ def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, 
             ray.shutdown()
     if result.error is not None:
         raise RuntimeError(f"evaluation failed: {result.error}") from result.error
-    return json.loads(storage.read_bytes(*storage.resolve(storage.join(out, f"eval_{split}.json"))))
+    return EvaluationResult.from_dict(
+        json.loads(storage.read_bytes(*storage.resolve(storage.join(out, f"eval_{split}.json")))))

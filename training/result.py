@@ -70,3 +70,44 @@ class RunResult:
             eval_videos=num("eval_videos", int, 0), eval_incomplete_videos=num("eval_incomplete_videos", int, 0),
             predictions=metrics.get("predictions"), message=str(metrics.get("message") or ""),
             metrics=dict(metrics), **paths)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A checkpoint's evaluation, as :func:`training.ray_train.run_evaluation` returns it to the CLI and the
+    demo (instead of the ``eval_<split>.json`` dict they read with ``.get``).
+
+    Attributes:
+        split: the split evaluated; ``checkpoint`` the checkpoint file (path or URI).
+        videos, clips: videos and clips evaluated; ``incomplete_videos`` videos that got fewer clips than planned.
+        video_top1, video_top5, clip_top1, clip_top5: accuracies (fractions in [0, 1]); ``loss`` nats per clip.
+        predictions: the per-video predictions file (Parquet), or None when none was written.
+        metrics: the whole ``eval_<split>.json`` dict.
+    """
+
+    split: str
+    checkpoint: str
+    videos: int
+    clips: int
+    video_top1: float
+    video_top5: float
+    clip_top1: float
+    clip_top5: float
+    loss: float
+    incomplete_videos: int = 0
+    predictions: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvaluationResult:
+        """From the dict of :func:`training.evaluate.evaluate_checkpoint` (``eval_``-prefixed metrics plus
+        ``split``, ``checkpoint`` and ``predictions``); ``ValueError`` naming the key when one is missing."""
+        try:
+            return cls(split=str(d["split"]), checkpoint=str(d["checkpoint"]), videos=int(d["eval_videos"]),
+                       clips=int(d["eval_clips"]), video_top1=float(d["eval_video_top1"]),
+                       video_top5=float(d["eval_video_top5"]), clip_top1=float(d["eval_clip_top1"]),
+                       clip_top5=float(d["eval_clip_top5"]), loss=float(d["eval_loss"]),
+                       incomplete_videos=int(d.get("eval_incomplete_videos", 0)), predictions=d.get("predictions"),
+                       metrics=dict(d))
+        except KeyError as exc:
+            raise ValueError(f"evaluation result lacks {exc.args[0]!r}") from None

@@ -16,11 +16,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import PurePosixPath
 from typing import Any
 
 from preprocess.synth.config import SynthConfig, frames_for
+from shards.datasets import dataset_spec
 
 K, J, U = "kinetics600", "jester", "ucf101"
+
+
+def _classes_file(dataset: str) -> str:
+    """File name of ``dataset``'s class list, as the listing's "not in ..." reasons name it."""
+    return PurePosixPath(dataset_spec(dataset).classes_file).name
+
 
 # Kinds whose file is written by a file-level writer (see preprocess.synth.plan.add_file_case).
 FILE_KINDS = ("zero_byte", "garbage", "text", "truncated", "undecodable", "unknown_codec")
@@ -177,8 +185,8 @@ BAD_CASES: tuple[Case, ...] = (
     Case("unlisted_file", "unlisted", "frame folder in no CSV", (J,), split=None, frames=_mid_jester),
     # A listed entry whose label the dataset does not define (its file decodes fine).
     Case("unknown_label", "failed", "label {unk!r} is not a train label", (K,), split="val"),
-    Case("unknown_label", "failed", "class {unk!r} is not in classInd.txt", (U,)),
-    Case("unknown_label", "failed", "label {unk!r} is not in jester-v1-labels.csv", (J,), frames=_mid_jester),
+    Case("unknown_label", "failed", "class {unk!r} is not in " + _classes_file(U), (U,)),
+    Case("unknown_label", "failed", "label {unk!r} is not in " + _classes_file(J), (J,), frames=_mid_jester),
 )
 
 

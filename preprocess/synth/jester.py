@@ -10,15 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.synth.cases import Case, cases_for
+from preprocess.synth.cases import Case
 from preprocess.synth.config import UNKNOWN_LABEL, SynthConfig, SynthItem, SynthReport
 from preprocess.synth.motion import make_scene
-from preprocess.synth.plan import Plan, classes_of, prepare_root, seed
+from preprocess.synth.plan import Plan, build_layout, classes_of, prepare_root, seed
+from shards.datasets import dataset_spec
 
 DS = "jester"
-JESTER_FRAMES_DIR = "20bn-jester-v1"
-JESTER_SPLITS = ("train", "validation", "test")
-JESTER_FPS = 12
+SPEC = dataset_spec(DS)
+JESTER_FRAMES_DIR = SPEC.media_dir
+JESTER_SPLITS = SPEC.splits
+JESTER_FPS = round(SPEC.native_fps)  # an int: it is also written into the report as "12"
 # Patch speed range for Jester (short sides per second), slower than the default: a training clip (16 frames at
 # stride 2 = 32 frames at 12 fps = 2.7 s) sees about one crossing of the centred square.
 JESTER_SPEED = (0.12, 0.22)
@@ -130,21 +132,16 @@ class _Jester:
 
     def write_lists(self) -> None:
         labels = "".join(f"{c}\n" for c, _ in self.classes)
-        (self.root / "jester-v1-labels.csv").write_text(labels, encoding="utf-8")
+        (self.root / SPEC.classes_file).write_text(labels, encoding="utf-8")
         for split in JESTER_SPLITS:
             lines = [f"{vid}\n" if split == "test" else f"{vid};{lab}\n" for vid, lab in self.rows[split]]
-            (self.root / f"jester-v1-{split}.csv").write_text("".join(lines), encoding="utf-8")
+            (self.root / SPEC.list_file(split)).write_text("".join(lines), encoding="utf-8")
 
 
 def generate_jester(out: Path, cfg: SynthConfig, overwrite: bool) -> SynthReport:
     """Write synthetic Jester under ``out`` (see :func:`preprocess.synth.generate`)."""
-    files = [JESTER_FRAMES_DIR] + [f"jester-v1-{s}.csv" for s in ("labels", *JESTER_SPLITS)]
+    files = [JESTER_FRAMES_DIR, SPEC.classes_file] + [SPEC.list_file(s) for s in JESTER_SPLITS]
     root = prepare_root(out, files, overwrite)
     gen = _Jester(root, cfg)
-    gen.normal()
-    if cfg.bad_inputs:
-        for case in cases_for(DS):
-            gen.bad(case)
-    gen.write_lists()
-    items = gen.plan.run(cfg.workers)
+    items = build_layout(gen, DS, cfg)
     return SynthReport(DS, root, tuple(c for c, _ in gen.classes), tuple(items))

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.synth.cases import FILE_KINDS, Case, cases_for
+from preprocess.synth.cases import FILE_KINDS, Case
 from preprocess.synth.config import UNKNOWN_LABEL, SynthConfig, SynthItem, SynthReport, frames_for
 from preprocess.synth.ffmpeg import AUDIO_CODEC_NAMES, Video, write_audio_only
-from preprocess.synth.plan import Plan, add_file_case, add_video, classes_of, prepare_root, seed
+from preprocess.synth.plan import Plan, add_file_case, add_video, build_layout, classes_of, prepare_root, seed
+from shards.datasets import dataset_spec
 
 DS = "kinetics600"
+SPEC = dataset_spec(DS)
 KINETICS_CSV_HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
 KINETICS_SPLITS = ("train", "val")
 # Normal Kinetics videos cycle through these (width, height) and frame rates: real YouTube clips vary.
@@ -134,25 +136,20 @@ class _Kinetics:
             rel, label, v = self.listed(case)
             add_video(plan, rel, split, label, case.expect, case.kind, v, note)
 
-    def write_csvs(self) -> None:
+    def write_lists(self) -> None:
         for split in KINETICS_SPLITS:
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(KINETICS_CSV_HEADER)
             for r in sorted(self.rows[split]):
                 w.writerow(r)
-            (self.root / f"kinetics-600_{split}.csv").write_text(buf.getvalue(), encoding="utf-8")
+            (self.root / SPEC.list_file(split)).write_text(buf.getvalue(), encoding="utf-8")
 
 
 def generate_kinetics(out: Path, cfg: SynthConfig, overwrite: bool) -> SynthReport:
     """Write synthetic Kinetics-600 under ``out`` (see :func:`preprocess.synth.generate`)."""
-    root = prepare_root(out, ("train", "val", "kinetics-600_train.csv", "kinetics-600_val.csv"), overwrite)
+    root = prepare_root(out, (*KINETICS_SPLITS, *map(SPEC.list_file, KINETICS_SPLITS)), overwrite)
     gen = _Kinetics(root, cfg)
-    gen.normal()
-    if cfg.bad_inputs:
-        for case in cases_for(DS):
-            gen.bad(case)
-    gen.write_csvs()
-    items = gen.plan.run(cfg.workers)
+    items = build_layout(gen, DS, cfg)
     # Kinetics ships no class index: the usual one is the sorted list of train labels.
     return SynthReport(DS, root, tuple(sorted(c for c, _ in gen.classes)), tuple(items))

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from preprocess.synth.cases import Case, cases_for
 from preprocess.synth.config import CLASSES, SynthConfig, SynthItem
 from preprocess.synth.containers import garble_avi_frames, garble_mp4_samples, set_avi_fourcc
 from preprocess.synth.ffmpeg import CODEC_NAMES, Video, count_decoded_frames, encode, fps_str
@@ -189,6 +191,30 @@ def add_file_case(
     write = functools.partial(_DAMAGED[kind], path, v, rng, cfg)
     # Whether anything decodes from a damaged video is ffmpeg's call: measure it.
     plan.add(item, measured(path, item, write, v.frames))
+
+
+class Layout(Protocol):
+    """One dataset layout's generator: it adds its normal videos and each bad-input case to ``plan`` (the
+    files are written when the plan runs) and writes the dataset's list files."""
+
+    plan: Plan
+
+    def normal(self) -> None: ...
+
+    def bad(self, case: Case) -> None: ...
+
+    def write_lists(self) -> None: ...
+
+
+def build_layout(gen: Layout, dataset: str, cfg: SynthConfig) -> list[SynthItem]:
+    """The steps every layout takes, in this order: normal videos, the bad-input cases of ``dataset`` (when
+    ``cfg.bad_inputs``), the list files, then the plan run on ``cfg.workers`` threads; returns its items."""
+    gen.normal()
+    if cfg.bad_inputs:
+        for case in cases_for(dataset):
+            gen.bad(case)
+    gen.write_lists()
+    return gen.plan.run(cfg.workers)
 
 
 def prepare_root(out: Path, entries: Iterable[str], overwrite: bool) -> Path:

@@ -9,14 +9,16 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from preprocess.synth.cases import FILE_KINDS, Case, cases_for
+from preprocess.synth.cases import FILE_KINDS, Case
 from preprocess.synth.config import UNKNOWN_LABEL, SynthConfig, SynthItem, SynthReport, frames_for
 from preprocess.synth.ffmpeg import AUDIO_CODEC_NAMES, Video, write_audio_only
-from preprocess.synth.plan import Plan, add_file_case, add_video, classes_of, prepare_root, seed
+from preprocess.synth.plan import Plan, add_file_case, add_video, build_layout, classes_of, prepare_root, seed
+from shards.datasets import UCF_LISTS, dataset_spec
 
 DS = "ucf101"
-UCF_VIDEO_DIR = "UCF-101"
-UCF_LIST_DIR = "ucfTrainTestlist"
+SPEC = dataset_spec(DS)
+UCF_VIDEO_DIR = SPEC.media_dir
+UCF_LIST_DIR = UCF_LISTS
 UCF_SIZE = (320, 240)
 UCF_FPS = 25
 UCF_NEWLINE = "\r\n"  # the real ucfTrainTestlist files have Windows line ends
@@ -107,28 +109,22 @@ class _Ucf:
     def write_lists(self) -> None:
         index = {cls: i + 1 for i, (cls, _) in enumerate(self.classes)}
         unknown_index = len(self.classes) + 1
-        lists = self.root / UCF_LIST_DIR
-        lists.mkdir(parents=True, exist_ok=True)
+        (self.root / UCF_LIST_DIR).mkdir(parents=True, exist_ok=True)
         nl = UCF_NEWLINE
         class_ind = "".join(f"{i} {c}{nl}" for c, i in index.items())
-        (lists / "classInd.txt").write_text(class_ind, encoding="utf-8", newline="")
+        (self.root / SPEC.classes_file).write_text(class_ind, encoding="utf-8", newline="")
         ordered = sorted(self.listed)
         for k in (1, 2, 3):
             test = ucf_test_groups(k)
             train = [f"{n} {index.get(c, unknown_index)}{nl}" for n, c in ordered if ucf_group(n) not in test]
             test_lines = [f"{n}{nl}" for n, c in ordered if ucf_group(n) in test]
-            (lists / f"trainlist0{k}.txt").write_text("".join(train), encoding="utf-8", newline="")
-            (lists / f"testlist0{k}.txt").write_text("".join(test_lines), encoding="utf-8", newline="")
+            (self.root / SPEC.list_file(f"train{k}")).write_text("".join(train), encoding="utf-8", newline="")
+            (self.root / SPEC.list_file(f"test{k}")).write_text("".join(test_lines), encoding="utf-8", newline="")
 
 
 def generate_ucf(out: Path, cfg: SynthConfig, overwrite: bool) -> SynthReport:
     """Write synthetic UCF-101 under ``out`` (see :func:`preprocess.synth.generate`)."""
     root = prepare_root(out, (UCF_VIDEO_DIR, UCF_LIST_DIR), overwrite)
     gen = _Ucf(root, cfg)
-    gen.normal()
-    if cfg.bad_inputs:
-        for case in cases_for(DS):
-            gen.bad(case)
-    gen.write_lists()
-    items = gen.plan.run(cfg.workers)
+    items = build_layout(gen, DS, cfg)
     return SynthReport(DS, root, tuple(c for c, _ in gen.classes), tuple(items))
