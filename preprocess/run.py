@@ -19,7 +19,7 @@ from preprocess.datasets import Listing, get_adapter, shard_set_name
 from preprocess.ray_tasks import Executor
 from preprocess.shard_task import ShardTask, plan_shards
 from shards import manifest as mf
-from shards import storage
+from shards import storage, strict_json
 from shards.format import FORMAT_VERSION, safe_key
 
 DEFAULT_SHARD_SIZE = {"kinetics600": 100, "ucf101": 64, "jester": 1000}
@@ -253,4 +253,4 @@ def _write_dataset_json(cfg: PreprocessConfig, listing: Listing, splits: dict[st
         "counts": dict(sorted(counts.items())),
         "config": cfg.output_fields(),
     }
-    storage.write_bytes_atomic(fs, path, json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False).encode())
+    storage.write_bytes_atomic(fs, path, strict_json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False).encode())

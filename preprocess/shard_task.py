@@ -20,7 +20,7 @@ from typing import Any
 
 from preprocess.datasets import Listing, VideoItem
 from preprocess.decode import DecodedVideo, DecodeError, decode_frame_folder, decode_video
-from shards import storage
+from shards import storage, strict_json
 from shards.format import FORMAT_VERSION, TarSampleWriter, pack_frames
 
 RECORD_VERSION = 1
@@ -204,5 +204,5 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
     }
     # Timings stay out of the record file so that reruns write identical bookkeeping.
     storage.write_bytes_atomic(fs, storage.join(base, task.record_path),
-                               json.dumps(record, sort_keys=True, indent=1).encode())
+                               strict_json.dumps(record, sort_keys=True, indent=1).encode())
     return {**record, "skipped": False, "cpu_s": _cpu_seconds() - c0, "wall_s": time.monotonic() - t0}
