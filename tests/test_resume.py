@@ -160,7 +160,8 @@ def test_nonfinite_validation_stops_the_run_and_is_never_best(tiny_shards, tmp_p
     assert last["extra"]["step"] == 6 and last["extra"]["validation_pending"] == 1
     scores = [r["score"] for r in session.reports if "score" in r]
     assert all(math.isfinite(s) for s in scores) and session.best_score == max(scores)
-    assert [r.get("kind") for r in session.reports if r.get("epoch") == 1] == ["epoch-trained"]
+    assert [r["kind"] for r in session.reports if r.get("epoch") == 1 and "kind" in r] == ["epoch-trained"]
+    assert session.reports[-1]["status"] == "nonfinite"
 
 
 # -- the epoch checkpoint comes before validation --------------------------------------------------------------
