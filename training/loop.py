@@ -54,7 +54,8 @@ from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
 from training.config import DATA_FIELDS, TrainConfig, resume_differences
 from training.data import ClipLoader, ClipNormalizer, ClipStream, normalization_for, shard_specs
-from training.evaluate import NonFiniteEvalError, evaluate, expected_clips, write_predictions
+from training.data.normalize import InputConvention
+from training.evaluate import NonFiniteEvalError, evaluate, expected_clips, stored_convention, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
 
@@ -148,12 +149,12 @@ def _builder_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | None, str | None]:
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, InputConvention | None, str | None]:
     """The model of ``cfg`` with ``num_classes`` outputs; with ``cfg.pretrained`` every tensor except the
     classifier comes from that checkpoint (ours or a released one) and the classifier is new.
 
-    Returns ``(model, normalisation preset implied by the pretrained weights or None, a one-line description
-    of what was loaded (file, format, input convention) or None)``.
+    Returns ``(model, input convention of the pretrained weights or None, a one-line description of what was
+    loaded (file, format, input convention) or None)``.
     """
     kwargs = _builder_kwargs(cfg)
     model = get_model(cfg.model, num_classes=num_classes, **kwargs)
@@ -168,12 +169,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | No
         src, ckpt = load_checkpoint(cfg.pretrained)
         if src.config.name != cfg.model:
             raise ValueError(f"pretrained checkpoint holds {src.config.name!r}, not {cfg.model!r}")
-        norm = (ckpt.get("extra") or {}).get("normalization")
+        conv = stored_convention(src, ckpt)
         origin = f"our checkpoint of {src.config.name} ({src.config.num_classes} classes)"
     else:
         plain = {k: v for k, v in cfg.model_kwargs.items() if k != "dropout"}
         src, info = load_released_checkpoint(cfg.pretrained, cfg.model, **plain)
-        norm = {"kinetics": "released-kinetics600", "jester": "released-jester"}.get(info.dataset or "")
+        conv = src.input_convention
         origin = (f"released checkpoint, arch {info.arch!r}, {info.num_classes} classes "
                   f"({info.dataset or 'unknown dataset'})")
     head = head_keys(cfg.model, **kwargs)
@@ -182,12 +183,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | No
     if unexpected or set(missing) - head:
         raise ValueError(f"pretrained weights do not fit {cfg.model}: missing {sorted(set(missing) - head)}, "
                          f"unexpected {sorted(unexpected)}")
-    model.input_convention = src.input_convention
-    conv = src.input_convention
+    model.input_convention = conv
     described = (f"pretrained {cfg.pretrained}: format {fmt} ({origin}); input convention {conv.channel_order}, "
-                 f"pixels ×{conv.value_scale / 255:g}, mean {list(conv.mean)}, std {list(conv.std)}"
-                 f"{'; normalisation ' + norm if norm else ''}")
-    return model, norm, described
+                 f"pixels ×{conv.value_scale / 255:g}, mean {list(conv.mean)}, std {list(conv.std)}")
+    return model, conv, described
 
 
 def freeze_all_but(model: nn.Module, trainable: set[str]) -> list[nn.Module]:
@@ -279,7 +278,7 @@ class Member:
     def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, *, ddp: bool, master: bool) -> Member:
         """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer and schedule."""
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
-        raw, pretrained_norm, described = build_model(cfg, num_classes)
+        raw, pretrained_conv, described = build_model(cfg, num_classes)
         frozen_norms: list[nn.Module] = []
         if cfg.finetune == "last-layer":
             head = head_keys(cfg.model, **_builder_kwargs(cfg))
@@ -292,9 +291,11 @@ class Member:
                              f"BatchNorm layers); new head {shapes}, freshly initialised, trained")
         if described and master:
             print(described, flush=True)
-        norm_name = cfg.normalization or pretrained_norm
-        normalizer = ClipNormalizer(normalization_for(cfg.dataset, checkpoint=norm_name),
-                                    channels_last=cfg.channels_last).to(device)
+        norm_name = cfg.normalization
+        conv = (pretrained_conv if norm_name is None and pretrained_conv is not None
+                else normalization_for(cfg.dataset, checkpoint=norm_name))
+        raw.input_convention = conv  # saved with the weights: the one record of what the model expects
+        normalizer = ClipNormalizer(conv, channels_last=cfg.channels_last).to(device)
         memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         raw = raw.to(device, memory_format=memory_format)
         on_gpu = device.type == "cuda"
