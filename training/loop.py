@@ -780,25 +780,23 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
     member writes its own TensorBoard events, ``metrics.json`` and predictions under its ``out``; the
     session's checkpoints hold every member, and at the end each member of a group of several also gets a
     plain ``out/checkpoint.pt``. A member whose loss goes non-finite stops alone. With one config this is
-    :func:`train_loop`. ``hooks`` (default: none) are called at fixed points of the loop. A run restored at
-    its end whose members all have a finished ``metrics.json`` (:func:`finished_metrics`) is not evaluated
+    :func:`train_loop`. ``hooks`` (default: none) are called at fixed points of the loop. A run whose members
+    all have a finished ``metrics.json`` for these epochs (:func:`finished_metrics`) is not trained or evaluated
     again: those metrics are returned.
 
     Returns one final-metrics dict per config, in order.
     """
     cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
     _check_group(cfgs)
+    done = [finished_metrics(c) for c in cfgs]
+    if all(d is not None for d in done):  # checked before setup: not even a TensorBoard file is opened
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 0:
+            print(f"{cfgs[0].out}: already finished ({cfgs[0].epochs} epochs, step {done[0].get('step')}); "
+                  "nothing to do", flush=True)
+        return done
     run = setup(cfgs, session or LocalSession(storage.join(cfgs[0].out, "checkpoints")), hooks or Hooks())
     restore(run, overrides)
-    if run.pending is None and run.train_loader.epoch >= run.cfg.epochs:
-        done = [finished_metrics(c) for c in cfgs]
-        if all(d is not None for d in done):
-            if run.master:
-                print(f"{run.cfg.out}: already finished ({run.cfg.epochs} epochs, step {run.step}); nothing to do",
-                      flush=True)
-            for m in run.members:
-                m.obs.close()
-            return done
     if run.pending is not None:  # the checkpoint was written before its epoch's validation
         validate_and_schedule(run, run.pending, True)
     run.prof = run.prof_stack.enter_context(maybe_profile(run.members[0].obs.dir, run.cfg.profile_steps,
