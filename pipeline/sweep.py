@@ -220,7 +220,8 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
     run_dir = _group_dir(cfg, trials) if grouped else tcfgs[0].out
     t0 = time.monotonic()
     try:
-        # resume=True: an unfinished trial (or group) continues from its last checkpoint, a new one starts fresh
+        # An unfinished trial (or group) continues from its last checkpoint, a new one starts fresh, and one
+        # whose run finished (metrics.json) but whose trial.json is missing is reported, not trained again.
         runs = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume_if_exists=True, address=cfg.address)
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
         from training.result import RunResult

@@ -98,11 +98,13 @@ def _train_worker(config: dict[str, Any]) -> None:
 
 
 def has_run_state(out: str) -> bool:
-    """True when ``out`` (local path or URI) already holds a run: a checkpoint or a final ``metrics.json``."""
+    """True when ``out`` (local path or URI) already holds a run: a checkpoint (Ray's run state or one of the
+    loop's checkpoint folders) or a final ``metrics.json``."""
     fs, base = storage.resolve(out)
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True))
-    return any(i.base_name.startswith(("checkpoint_", "checkpoint-")) or i.base_name == "metrics.json"
-               for i in infos)
+    return (any(i.base_name.startswith(("checkpoint_", "checkpoint-")) or i.base_name == "metrics.json"
+                for i in infos)
+            or any(_CKPT_DIR.match(i.base_name) for i in infos))
 
 
 def _checkpoint_uri(ckpt) -> str:
