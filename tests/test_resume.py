@@ -104,12 +104,15 @@ def test_evaluation_refuses_nan_logits_with_a_clear_error(tiny_shards):  # noqa:
                  expected=expected)
 
 
-def _checkpoint_for_eval(shards: str, path: Path) -> None:
-    """A checkpoint of an untrained tiny model, with the training config and class list eval needs."""
+def _checkpoint_for_eval(shards: str, path: Path, diverged: bool = False) -> None:
+    """A checkpoint of an untrained tiny model, with the training config and class list eval needs
+    (``diverged``: one BatchNorm's running variance NaN)."""
     from shards.manifest import read_dataset_info
 
     torch.manual_seed(0)
     model = get_model("shufflenetv2_0.25x", num_classes=3)
+    if diverged:
+        next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)).running_var.fill_(math.nan)
     cfg = TrainConfig.for_dataset("jester", shards, str(path.parent), **TINY)
     save_checkpoint(path, model, extra={"train_config": cfg.to_dict(), "normalization": None,
                                         "classes": list(read_dataset_info(shards)["classes"])})
@@ -139,6 +142,17 @@ def test_eval_on_an_unlabelled_split_writes_predictions_and_no_accuracy(tiny_sha
                  "--out", str(tmp_path / "ev3")]) == 0
     assert "validation: 15 videos" in capsys.readouterr().out
     assert 0 <= _strict_load((tmp_path / "ev3" / "eval_validation.json").read_text())["eval_video_top1"] <= 1
+
+
+def test_eval_command_refuses_a_diverged_checkpoint_with_exit_3(tiny_shards, tmp_path, capsys):  # noqa: F811
+    from pipeline.cli import main
+
+    _checkpoint_for_eval(tiny_shards, tmp_path / "ckpt" / "checkpoint.pt", diverged=True)
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt" / "checkpoint.pt"), "--shards", tiny_shards,
+                 "--out", str(tmp_path / "ev")]) == 3
+    err = capsys.readouterr().err
+    assert "e3d eval: error: the model gave non-finite (NaN/inf) logits for 15 of 15 clips" in err
+    assert not (tmp_path / "ev" / "eval_validation.json").exists()  # no NaN scores written anywhere
 
 
 # -- non-finite validation stops the run ----------------------------------------------------------------------

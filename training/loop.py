@@ -518,10 +518,14 @@ def restore(run: RunState, overrides: Sequence[str] = ()) -> None:
     if classes is not None and list(classes) != run.classes:
         raise ValueError(f"{where}: the checkpoint was trained on classes {list(classes)}, the shards have "
                          f"{run.classes}; a resumed run cannot change its classes")
-    taken = check_resume(extra["train_config"], run.cfg, overrides, where)
     states = checkpoint_members(ckpt)
     if len(states) != len(run.members):
         raise ValueError(f"{where} holds {len(states)} model(s), this run has {len(run.members)}")
+    for m, state in zip(run.members, states, strict=True):  # before the config check: the clearer message
+        if state["model"] != m.cfg.model:
+            raise ValueError(f"{where} holds {state['model']!r} where this run has {m.cfg.model!r}; resume a "
+                             "group with the same members in the same order")
+    taken = check_resume(extra["train_config"], run.cfg, overrides, where)
     for m, state in zip(run.members, states, strict=True):
         m.load_state_dict(state, where)
         if "lr" in overrides:
