@@ -521,8 +521,8 @@ def restore(run: RunState, overrides: Sequence[str] = ()) -> None:
     states = checkpoint_members(ckpt)
     if len(states) != len(run.members):
         raise ValueError(f"{where} holds {len(states)} model(s), this run has {len(run.members)}")
-    for m, state in zip(run.members, states, strict=True):  # before the config check: the clearer message
-        if state["model"] != m.cfg.model:
+    for m, state in zip(run.members, states, strict=True):  # a group: before the config check, clearer
+        if run.grouped and state["model"] != m.cfg.model:
             raise ValueError(f"{where} holds {state['model']!r} where this run has {m.cfg.model!r}; resume a "
                              "group with the same members in the same order")
     taken = check_resume(extra["train_config"], run.cfg, overrides, where)
@@ -750,8 +750,9 @@ def format_accuracy(video_top1: float | None, video_top5: float | None, clip_top
 
 
 def finished_metrics(cfg: TrainConfig) -> dict[str, Any] | None:
-    """The final ``metrics.json`` of a run that already finished what ``cfg`` asks (its epochs, and its final
-    evaluation when ``final_eval``), else None: resuming such a run has nothing left to do."""
+    """The final ``metrics.json`` of a run that already finished what ``cfg`` asks (its model and dataset, its
+    epochs, and its final evaluation when ``final_eval``), else None: resuming such a run has nothing left to
+    do. (The driver checks the rest of the saved config first: :func:`training.ray_train.check_resumable`.)"""
     fs, path = storage.resolve(storage.join(cfg.out, "metrics.json"))
     if not storage.exists(fs, path):
         return None
@@ -760,6 +761,7 @@ def finished_metrics(cfg: TrainConfig) -> dict[str, Any] | None:
     except ValueError:
         return None
     done = (isinstance(metrics, dict) and metrics.get("status") == "finished" and metrics.get("epochs") == cfg.epochs
+            and metrics.get("model") == cfg.model and metrics.get("dataset") == cfg.dataset
             and (not cfg.final_eval or "eval_videos" in metrics))
     return metrics if done else None
 

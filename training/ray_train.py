@@ -222,13 +222,13 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
         raise ValueError(f"{run_dir}: nothing to resume (no checkpoint or metrics.json there); drop --resume to "
                          "start a new run, or pass --resume-if-exists to resume only when there is one")
     if exists:
+        check_resumable(cfgs[0], run_dir, workers=workers, overrides=overrides)  # a finished run too: honest
         done = [finished_metrics(c) for c in cfgs]
         if all(d is not None for d in done):
             print(f"{run_dir}: already finished ({cfgs[0].epochs} epochs, step {done[0].get('step')}); "
                   "nothing trained or evaluated again", flush=True)
             return [RunResult.from_metrics(d, checkpoint=d.get("checkpoint"), best_checkpoint=d.get("best_checkpoint"),
                                            group_checkpoint=d.get("group_checkpoint")) for d in done]
-        check_resumable(cfgs[0], run_dir, workers=workers, overrides=overrides)
     started = init_ray(address, num_cpus=num_cpus)
     try:
         trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs], "hooks": hooks,
