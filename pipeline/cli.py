@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):
     # Run as a plain script (``python pipeline/cli.py``): make the repository's packages importable.
@@ -17,6 +18,9 @@ if __package__ in (None, ""):
 
 from preprocess.config import PreprocessConfig as _Pre  # noqa: E402  (light modules: dataclasses only)
 from shards.datasets import DATASETS  # noqa: E402
+
+if TYPE_CHECKING:
+    from training.result import EvaluationResult
 
 
 def _splits(text: str | None) -> tuple[str, ...]:
@@ -152,30 +156,67 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig.for_dataset(args.dataset, args.shards, args.out, **overrides)
 
 
+def _figure(value, fmt: str = ".3f") -> str | None:
+    """A metric for a summary line, or None when it is missing or NaN (not evaluated / no labels)."""
+    import math
+
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def train_summary(cfg, m) -> str:
+    """The one-line summary of a training run (``m``: a RunResult); figures that were not computed say so
+    instead of printing ``nan``."""
+    top1, top5 = _figure(m.eval_video_top1), _figure(m.eval_video_top5)
+    if not cfg.final_eval:
+        evaluated = "final evaluation: not evaluated (--no-final-eval)"
+    elif top1 is None:
+        evaluated = "final evaluation: not evaluated"
+    else:
+        evaluated = f"video top1 {top1} top5 {top5}"
+    best = _figure(m.best_val_top1) if m.best_val_top1 is not None and m.best_val_top1 >= 0 else None
+    return (f"{cfg.model} on {cfg.dataset}: {m.epochs} epochs, {m.step} steps; {evaluated}; best val top1 "
+            f"{best or 'not evaluated'}; checkpoints: last {m.checkpoint}, best {m.best_checkpoint or 'none'}; "
+            f"metrics {cfg.out}/metrics.json")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from training.evaluate import NonFiniteEvalError
     from training.loop import NonFiniteLossError
     from training.ray_train import run_training
 
     cfg = _train_config(args)
     try:
         m = run_training(cfg, workers=args.workers, max_failures=args.max_failures, address=args.address,
-                         resume=args.resume, num_cpus=args.num_cpus)
-    except NonFiniteLossError as exc:
+                         resume=args.resume, num_cpus=args.num_cpus, resume_if_exists=args.resume_if_exists,
+                         overrides=tuple(args.override or ()))
+    except (NonFiniteLossError, NonFiniteEvalError) as exc:
         print(f"e3d {args.command}: {exc}", file=sys.stderr)
         return 3
-    print(f"{cfg.model} on {cfg.dataset}: {m.epochs} epochs, {m.step} steps; "
-          f"video top1 {m.eval_video_top1:.3f} top5 {m.eval_video_top5:.3f}"
-          f"; checkpoints: last {m.checkpoint}, best {m.best_checkpoint}; metrics {cfg.out}/metrics.json")
+    print(train_summary(cfg, m))
     return 0
 
 
+def eval_summary(m: EvaluationResult) -> str:
+    """The one-line summary of ``e3d eval``; an unlabelled split (a test split) reports no accuracy."""
+    if m.video_top1 is None:
+        scores = "no labels in this split: predictions only, no accuracy"
+    else:
+        scores = f"video top1 {m.video_top1:.4f} top5 {m.video_top5:.4f}, clip top1 {m.clip_top1:.4f}"
+    return f"{m.split}: {m.videos} videos, {m.clips} clips: {scores}; predictions {m.predictions}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import NonFiniteEvalError
     from training.ray_train import run_evaluation
 
-    m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
-                       batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
-    print(f"{m.split}: {m.videos} videos, {m.clips} clips: video top1 {m.video_top1:.4f} "
-          f"top5 {m.video_top5:.4f}, clip top1 {m.clip_top1:.4f}; predictions {m.predictions}")
+    try:
+        m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
+                           batch_size=args.batch_size, use_gpu=args.gpu, address=args.address,
+                           num_cpus=args.num_cpus)
+    except NonFiniteEvalError as exc:
+        print(f"e3d eval: error: {exc}", file=sys.stderr)
+        return 3
+    print(eval_summary(m))
     return 0
 
 
@@ -240,7 +281,12 @@ def _add_train_args(s: argparse.ArgumentParser, finetune: bool) -> None:
     _add_config_flags(s)
     if not finetune:
         s.add_argument("--finetune", choices=("last-layer",), help="freeze all but a new head (needs --pretrained)")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (refused when there is none)")
+    s.add_argument("--resume-if-exists", action="store_true",
+                   help="for scripts: resume the run in --out when there is one, else start it")
+    s.add_argument("--override", action="append", metavar="FIELD",
+                   help="with --resume: let this setting (e.g. lr) differ from the saved run's (repeatable)")
     s.add_argument("--max-failures", type=int, default=1, help="worker failures survived (restart from checkpoint)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     s.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray")

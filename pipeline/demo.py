@@ -103,7 +103,7 @@ def _train_and_eval(work: Path):
           f"({cfg.clip_len}x{cfg.size}x{cfg.size} clips, global batch {cfg.batch_size}, {cfg.epochs} epochs) ==",
           flush=True)
     t0 = time.monotonic()
-    run = run_training(cfg, workers=TRAIN_WORKERS, resume=True)  # a rerun continues (or just re-evaluates)
+    run = run_training(cfg, workers=TRAIN_WORKERS, resume_if_exists=True)  # a rerun continues (or reports)
     t_train = time.monotonic() - t0
     t0 = time.monotonic()
     ev = run_evaluation(run.best_checkpoint, str(shards), out=str(work / "eval"), workers=1)

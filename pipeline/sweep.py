@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.report import TrialResult, build_report, write_results
-from shards import storage
+from shards import storage, strict_json
 
 TRIAL_FILE = "trial.json"
 
@@ -220,8 +220,9 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
     run_dir = _group_dir(cfg, trials) if grouped else tcfgs[0].out
     t0 = time.monotonic()
     try:
-        # resume=True: an unfinished trial (or group) continues from its last checkpoint, a new one starts fresh
-        runs = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume=True, address=cfg.address)
+        # An unfinished trial (or group) continues from its last checkpoint, a new one starts fresh, and one
+        # whose run finished (metrics.json) but whose trial.json is missing is reported, not trained again.
+        runs = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume_if_exists=True, address=cfg.address)
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
         from training.result import RunResult
 
@@ -244,7 +245,7 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
         )
         if status == "finished":
             storage.write_bytes_atomic(*storage.resolve(storage.join(tcfg.out, TRIAL_FILE)),
-                                       json.dumps(dataclasses.asdict(result), indent=1, sort_keys=True).encode())
+                                       strict_json.dumps(dataclasses.asdict(result), indent=1, sort_keys=True).encode())
         results.append(result)
     return results
 
@@ -287,7 +288,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
     out = storage.canonical(cfg.out)  # a local folder or an object-store URI (s3://, gs://)
     fs, base = storage.resolve(out)
     storage.write_bytes_atomic(fs, storage.join(base, "sweep.json"),
-                               json.dumps(dataclasses.asdict(cfg), indent=1, default=str).encode())
+                               strict_json.dumps(dataclasses.asdict(cfg), indent=1, default=str).encode())
     num_classes = len(read_dataset_info(cfg.shards)["classes"])
     # Check every trial before starting any: a typo in the grid should not surface hours into a sweep.
     counts, problems = {}, []

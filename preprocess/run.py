@@ -22,7 +22,7 @@ from preprocess.ray_tasks import Executor
 from preprocess.shard_record import ShardRecord
 from preprocess.shard_task import ShardTask, failed_record, plan_shards
 from shards import manifest as mf
-from shards import storage
+from shards import storage, strict_json
 from shards.datasets import dataset_spec
 from shards.format import FORMAT_VERSION, safe_key
 from shards.lease import Lease, LeaseLost
@@ -304,4 +304,4 @@ def _write_dataset_json(cfg: PreprocessConfig, listing: Listing, splits: dict[st
         "counts": dict(sorted(counts.items())),
         "config": cfg.output_fields(),
     }
-    storage.write_bytes_atomic(fs, path, json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False).encode())
+    storage.write_bytes_atomic(fs, path, strict_json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False).encode())

@@ -24,7 +24,7 @@ from preprocess.datasets import Listing, VideoItem
 from preprocess.decode import DecodedVideo, DecodeError, decode_frame_folder, decode_video
 from preprocess.isolate import DecodeRequest, InfrastructureError, shared_worker
 from preprocess.shard_record import ShardRecord, ShardResult, SourceStamp, VideoRecord
-from shards import storage
+from shards import storage, strict_json
 from shards.format import FORMAT_VERSION, TarSampleWriter
 
 # Sources up to this size are also compared by content (sha256) on a rerun; larger ones by size and mtime.
@@ -250,7 +250,7 @@ def process_shard(task: ShardTask) -> ShardResult:
         raise InfrastructureError(f"{task.shard_path}: {type(exc).__name__}: {exc}") from exc
     try:
         storage.write_bytes_atomic(fs, storage.join(base, task.record_path),
-                                   json.dumps(record.to_dict(), sort_keys=True, indent=1).encode())
+                                   strict_json.dumps(record.to_dict(), sort_keys=True, indent=1).encode())
     except OSError as exc:
         raise InfrastructureError(f"{task.record_path}: {type(exc).__name__}: {exc}") from exc
     cpu_s = _cpu_seconds() - c0 + shared_worker().cpu_s - w0

@@ -29,6 +29,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from shards import strict_json
+
 FORMAT_VERSION = 1
 FRAMES_EXT = "jpgs"
 META_EXT = "json"
@@ -139,7 +141,7 @@ class Sample:
 
 def meta_bytes(meta: dict[str, Any]) -> bytes:
     """Canonical JSON encoding of the metadata (sorted keys, no spaces) so shards are byte-stable."""
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return strict_json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:

@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import Any
 
-from shards import storage
+from shards import storage, strict_json
 
 LEASE_NAME = ".lease.json"
 DEFAULT_TTL_S = 120.0
@@ -109,7 +109,7 @@ class Lease:
         return info
 
     def _create_exclusive(self, payload: dict[str, Any]) -> bool:
-        data = json.dumps(payload, sort_keys=True).encode()
+        data = strict_json.dumps(payload, sort_keys=True).encode()
         if self.fs.type_name in storage.OBJECT_STORES:
             if storage.exists(self.fs, self.path):
                 return False
@@ -130,7 +130,7 @@ class Lease:
         return True
 
     def _write(self, payload: dict[str, Any]) -> None:
-        storage.write_bytes_atomic(self.fs, self.path, json.dumps(payload, sort_keys=True).encode())
+        storage.write_bytes_atomic(self.fs, self.path, strict_json.dumps(payload, sort_keys=True).encode())
 
     # -- protocol ------------------------------------------------------------------------------------
 

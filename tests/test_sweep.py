@@ -73,8 +73,10 @@ def test_sweep_of_three_models_on_shared_shards(ray_local, tmp_path):
     # the shards were read, never rewritten
     assert sorted(p.stat().st_mtime_ns for p in shards.rglob("*.tar")) == before
 
-    # rerun: finished trials are skipped; an unfinished one (no trial.json) resumes from its run directory
+    # rerun: finished trials are skipped; an unfinished one (no trial.json, no final metrics.json: stopped after
+    # its last checkpoint) resumes from its run directory. (A finished run is never trained again: issue 15.)
     (out / "trials" / "mobilenetv2_0.2x" / "trial.json").unlink()
+    (out / "trials" / "mobilenetv2_0.2x" / "metrics.json").unlink()
     logs.clear()
     again = run_sweep(cfg, log=logs.append)
     assert sum("skipped" in line for line in logs) == 2

@@ -161,8 +161,9 @@ def test_shared_decode_group_trains_each_model_exactly_as_alone(tiny_shards, tmp
 
     with pytest.raises(ValueError, match="clip_len"):  # one decode pass needs the same clips for every model
         train_group([members[0], members[1].replace(clip_len=4)])
+    # epochs=3: a finished group is reported, not resumed, so ask for more to reach the member-order check
     with pytest.raises(ValueError, match="same members in the same order"):
-        train_group(members[::-1], LocalSession(tmp_path / "g" / "ckpt"))
+        train_group([m.replace(epochs=3) for m in members[::-1]], LocalSession(tmp_path / "g" / "ckpt"))
 
 
 def _as_version1(src: Path, dst: Path) -> None:
@@ -289,7 +290,7 @@ def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_last_good_check
 
 
 @pytest.mark.slow
-def test_finetuning_last_layer_leaves_frozen_layers_bit_identical(tiny_shards, tmp_path):
+def test_finetuning_last_layer_leaves_frozen_layers_bit_identical(tiny_shards, tmp_path, capsys):
     # A "Kinetics" checkpoint of the same architecture with another class count.
     src = get_model("shufflenetv2_0.25x", num_classes=7)
     with torch.no_grad():  # non-trivial BN statistics, so a BN update would show
@@ -308,6 +309,13 @@ def test_finetuning_last_layer_leaves_frozen_layers_bit_identical(tiny_shards, t
     before = src.state_dict()
     frozen = [k for k in after if k not in head]
     assert len(frozen) > 100
+    # It says what it loaded, froze and replaced (issue 15).
+    printed = capsys.readouterr().out
+    frozen_params = [v for k, v in src.named_parameters() if k not in head]
+    assert f"pretrained {tmp_path / 'k.pt'}: format ours (our checkpoint of shufflenetv2_0.25x (7 classes))" in printed
+    assert "input convention RGB" in printed
+    assert (f"froze {sum(v.numel() for v in frozen_params):,} parameters in {len(frozen_params)} tensors" in printed)
+    assert "new head classifier.1.weight (3, " in printed and "classifier.1.bias (3,)" in printed
     for k in frozen:  # parameters and BN buffers (running stats, num_batches_tracked)
         assert torch.equal(before[k], after[k]), k
     assert after["classifier.1.weight"].shape[0] == 3
@@ -393,8 +401,10 @@ def test_eval_refuses_a_duplicated_window(tiny_shards):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_two_workers_survive_an_injected_failure_and_resume_after_stop(ray_local, tiny_shards, tmp_path):
+    from tests.test_resume import restore_copies
     from training.ray_train import run_training
 
+    copies = restore_copies()
     out = tmp_path / "ray-run"
     # 15 videos, 2 workers × 2 clips: 3 steps per epoch; step 5 is in the middle of epoch 2.
     cfg = tiny_cfg(tiny_shards, out, epochs=2)
@@ -415,3 +425,9 @@ def test_ray_two_workers_survive_an_injected_failure_and_resume_after_stop(ray_l
     again = run_training(cfg.replace(epochs=3), workers=2, resume=True)
     assert again.resumed_at_step == 6 and again.step == 9 and again.epochs == 3
     assert math.isfinite(again.eval_video_top1)
+    # Two restores (the failure restart, --resume) on 2 workers each: no private checkpoint copy left behind.
+    assert restore_copies() - copies == set()
+    # Resuming the finished run reports it (same figures and checkpoints) without training or evaluating.
+    done = run_training(cfg.replace(epochs=3), workers=2, resume=True)
+    assert (done.step, done.resumed_at_step, done.eval_video_top1) == (9, 6, again.eval_video_top1)
+    assert done.checkpoint == again.checkpoint and done.best_checkpoint == again.best_checkpoint

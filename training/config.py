@@ -40,6 +40,13 @@ DATA_FIELDS = ("dataset", "shards", "train_split", "val_split", "epochs", "batch
 #: drops them. ``fault`` was test-only fault injection, now :class:`training.loop.Hooks`.
 RETIRED_FIELDS = ("fault",)
 
+#: Fields a resumed run may change freely (``--resume``): how long, how fast, where and how often it reports.
+#: Every other field changes what the run means (model, data, recipe) and is refused on resume unless named
+#: with ``--override FIELD`` (:func:`resume_differences`). Worker count and Ray address are not TrainConfig
+#: fields: they may change too (the loader position is re-derived at an epoch boundary).
+RESUME_MAY_CHANGE = ("epochs", "loader_workers", "checkpoint_every_steps", "log_every", "profile_steps",
+                     "final_eval", "out", "use_gpu", "amp", "channels_last")
+
 SCHEDULES = ("plateau", "multistep", "constant")
 FINETUNE_MODES = ("none", "last-layer")
 PRETRAINED_FORMATS = ("auto", "ours", "released")
@@ -235,3 +242,25 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}")
         return cls(**{k: (tuple(v) if k in ("milestones", "crop_scales") and v is not None else v)
                       for k, v in d.items()})
+
+
+def resume_differences(saved: TrainConfig, new: TrainConfig, overrides: tuple[str, ...] | list[str] = ()
+                       ) -> tuple[list[str], list[str]]:
+    """Compare the config a run was saved with to the one it is resumed with.
+
+    Returns ``(refused, taken)``: human-readable ``"field: old → new"`` lines for the differences that change
+    the run's meaning and are not named in ``overrides``, and for those that are taken (fields in
+    :data:`RESUME_MAY_CHANGE`, or overridden). Raises ValueError for an override that is not a field.
+    """
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"--override: unknown TrainConfig field(s) {unknown}")
+    refused, taken = [], []
+    for name in names:
+        old, now = getattr(saved, name), getattr(new, name)
+        if old == now:
+            continue
+        line = f"{name}: {old!r} → {now!r}"
+        (taken if name in RESUME_MAY_CHANGE or name in overrides else refused).append(line)
+    return refused, taken

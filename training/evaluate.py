@@ -10,6 +10,10 @@ Distribution: the loader gives every rank the same number of batches and marks p
 False``; a video's windows may be split over ranks. Each rank sums the softmax scores per video key over its
 *valid* clips; the per-rank tables are gathered and added, so a window is counted once however the ranks
 split the work. The window count of every video is checked against what its frame count implies.
+
+Unlabelled splits (Kinetics-600 test, Jester test: label ``-1`` in the shards) are predicted but not scored:
+accuracies and loss count labelled clips only and are None when there are none. Non-finite logits (a diverged
+model) are refused with :class:`NonFiniteEvalError` on every rank, never averaged into NaN scores.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shards import storage
+from shards import storage, strict_json
 from training.data import PRESETS, ClipLoader, ClipNormalizer, InputConvention, LoaderConfig, ShardSpec
 from training.data.modes import ItemMode, mode_for
 
@@ -32,28 +36,42 @@ class EvalCountError(RuntimeError):
     """A video got more clips than its frame count allows (a duplicate) — the exact-once guarantee broke."""
 
 
+class NonFiniteEvalError(RuntimeError):
+    """The model gave NaN/inf logits for some clips: its weights diverged, so there is nothing to score."""
+
+
 @dataclass
 class EvalResult:
     """Metrics (fractions in [0, 1]; loss in nats per clip) and, when requested, per-video predictions.
 
-    ``predictions`` rows: ``key`` (str), ``label`` (int), ``pred`` (int, top-1 class), ``top5`` (list of int),
-    ``score`` (float, averaged softmax score of ``pred``), ``clips`` (int, windows averaged), ``top5_scores``
-    (list of float, the averaged softmax scores of ``top5``).
+    Accuracies and loss count labelled videos/clips only (``labelled_videos``, ``labelled_clips``); they are
+    None when the split has no labels (a test split: predictions only).
+
+    ``predictions`` rows: ``key`` (str), ``label`` (int, -1 unlabelled), ``pred`` (int, top-1 class), ``top5``
+    (list of int), ``score`` (float, averaged softmax score of ``pred``), ``clips`` (int, windows averaged),
+    ``top5_scores`` (list of float, the averaged softmax scores of ``top5``).
     """
 
     videos: int
     clips: int
-    video_top1: float
-    video_top5: float
-    clip_top1: float
-    clip_top5: float
-    loss: float
+    video_top1: float | None
+    video_top5: float | None
+    clip_top1: float | None
+    clip_top5: float | None
+    loss: float | None
     incomplete_videos: int = 0
+    labelled_videos: int = 0
+    labelled_clips: int = 0
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
-    def metrics(self, prefix: str = "") -> dict[str, float]:
+    @property
+    def labelled(self) -> bool:
+        """Whether any clip had a label (else there are predictions but no accuracy)."""
+        return self.labelled_clips > 0
+
+    def metrics(self, prefix: str = "") -> dict[str, float | None]:
         keys = ("videos", "clips", "video_top1", "video_top5", "clip_top1", "clip_top5", "loss",
-                "incomplete_videos")
+                "incomplete_videos", "labelled_videos", "labelled_clips")
         return {prefix + k: getattr(self, k) for k in keys}
 
 
@@ -86,13 +104,13 @@ def expected_clips(specs: Sequence[ShardSpec], cfg: LoaderConfig) -> dict[str, i
 @torch.no_grad()
 def _accumulate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormalizer, device: torch.device,
                 k: int, use_amp: bool) -> tuple[torch.Tensor, tuple[dict, dict, dict]]:
-    """This rank's pass: float64 ``(clips, top-1 hits, top-k hits, loss sum)`` and per video key the sum of
-    softmax scores ((C,) float64), the clip count and the label."""
+    """This rank's pass: float64 ``(clips, top-1 hits, top-k hits, loss sum, labelled clips, non-finite
+    clips)`` and per video key the sum of softmax scores ((C,) float64), the clip count and the label."""
     model.eval()
     scores: dict[str, np.ndarray] = {}  # key -> (C,) float64 sum of softmax scores over the video's clips
     counts: dict[str, int] = {}
     labels: dict[str, int] = {}
-    clip_stats = torch.zeros(4, dtype=torch.float64)  # clips, top1 hits, top5 hits, loss sum
+    clip_stats = torch.zeros(6, dtype=torch.float64)  # clips, top1, top5 hits, loss sum, labelled, non-finite
     for batch in loader:
         valid = batch["valid"]
         if not bool(valid.any()):
@@ -103,13 +121,18 @@ def _accumulate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNorm
             logits = model(normalizer(x))
         logits = logits.float()
         vmask = valid.to(device)
+        bad = (~torch.isfinite(logits).all(dim=1)) & vmask
+        if bool(bad.any()):  # counted, decided jointly after the pass (every rank must reach the all-reduce)
+            clip_stats[5] += float(bad.sum())
+            logits = torch.nan_to_num(logits)
+        lmask = vmask & (y >= 0)  # labelled clips: unlabelled (-1) ones are predicted, not scored
         probs = logits.softmax(dim=1)
         topk = logits.topk(k, dim=1).indices
-        hit1 = (topk[:, 0] == y) & vmask
-        hitk = (topk == y[:, None]).any(dim=1) & vmask
-        loss = F.cross_entropy(logits[vmask], y[vmask], reduction="sum")
-        clip_stats += torch.tensor([float(vmask.sum()), float(hit1.sum()), float(hitk.sum()), float(loss)],
-                                   dtype=torch.float64)
+        hit1 = (topk[:, 0] == y) & lmask
+        hitk = (topk == y[:, None]).any(dim=1) & lmask
+        loss = F.cross_entropy(logits[lmask], y[lmask], reduction="sum") if bool(lmask.any()) else 0.0
+        clip_stats[:5] += torch.tensor([float(vmask.sum()), float(hit1.sum()), float(hitk.sum()), float(loss),
+                                        float(lmask.sum())], dtype=torch.float64)
         probs_np = probs.double().cpu().numpy()
         for i in np.flatnonzero(valid.numpy()):
             key = batch["keys"][i]
@@ -174,33 +197,46 @@ def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormali
 
     Returns:
         The same :class:`EvalResult` on every rank.
+
+    Raises:
+        NonFiniteEvalError: (on every rank) the model gave NaN/inf logits for at least one clip.
     """
     if not isinstance(loader.dataset.mode, ItemMode):
         raise ValueError("evaluate needs a 'val' or 'eval' mode loader")
     k = min(5, num_classes)
     clip_stats, per_video = _accumulate(model, loader, normalizer, device, k, amp and device.type == "cuda")
     tot_scores, tot_counts, tot_labels = _combine_ranks(clip_stats, per_video)
+    n_clips, c1, c5, loss_sum, n_labelled, n_bad = clip_stats.tolist()
+    if n_bad:
+        raise NonFiniteEvalError(f"the model gave non-finite (NaN/inf) logits for {int(n_bad)} of {int(n_clips)} "
+                                 "clips: its weights diverged (lower the lr, or use an earlier checkpoint); "
+                                 "no scores computed")
     incomplete = 0 if expected is None else _check_counts(tot_counts, expected)
 
-    v_top1 = v_top5 = 0
+    v_top1 = v_top5 = v_labelled = 0
     preds: list[dict[str, Any]] = []
     for key in sorted(tot_scores):
         avg = tot_scores[key] / tot_counts[key]
         order = np.argsort(-avg, kind="stable")[:k]
         label = tot_labels[key]
-        v_top1 += int(order[0] == label)
-        v_top5 += int(label in order)
+        if label >= 0:
+            v_labelled += 1
+            v_top1 += int(order[0] == label)
+            v_top5 += int(label in order)
         if with_predictions:
             preds.append({"key": key, "label": label, "pred": int(order[0]), "top5": [int(c) for c in order],
                           "score": float(avg[order[0]]), "clips": int(tot_counts[key]),
                           "top5_scores": [float(avg[c]) for c in order]})
     n_videos = len(tot_scores)
-    n_clips, c1, c5, loss_sum = clip_stats.tolist()
+
+    def frac(num: float, den: float) -> float | None:
+        return num / den if den else None
+
     return EvalResult(
         videos=n_videos, clips=int(n_clips),
-        video_top1=v_top1 / max(n_videos, 1), video_top5=v_top5 / max(n_videos, 1),
-        clip_top1=c1 / max(n_clips, 1), clip_top5=c5 / max(n_clips, 1), loss=loss_sum / max(n_clips, 1),
-        incomplete_videos=incomplete, predictions=preds,
+        video_top1=frac(v_top1, v_labelled), video_top5=frac(v_top5, v_labelled),
+        clip_top1=frac(c1, n_labelled), clip_top5=frac(c5, n_labelled), loss=frac(loss_sum, n_labelled),
+        incomplete_videos=incomplete, labelled_videos=v_labelled, labelled_clips=int(n_labelled), predictions=preds,
     )
 
 
@@ -212,7 +248,6 @@ def write_predictions(path: str | os.PathLike, predictions: Sequence[Mapping[str
     Adds ``label_name``/``pred_name`` columns when ``class_names`` is given.
     """
     import io
-    import json
 
     rows = [dict(r) for r in predictions]
     if class_names is not None:
@@ -228,7 +263,7 @@ def write_predictions(path: str | os.PathLike, predictions: Sequence[Mapping[str
         pq.write_table(pa.Table.from_pylist(rows), buf)
         data = buf.getvalue()
     else:
-        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+        data = "".join(strict_json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
     storage.write_bytes_atomic(*storage.resolve(path), data)
     return path
 
@@ -242,10 +277,9 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     config. Runs on every rank of an initialised process group (each evaluates its share) or alone.
     Rank 0 writes ``out/predictions_<split>.parquet`` and ``out/eval_<split>.json``.
 
-    Returns the metrics (:meth:`EvalResult.metrics`, prefix ``eval_``) plus ``split`` and ``predictions``.
+    Returns the metrics (:meth:`EvalResult.metrics`, prefix ``eval_``; accuracies None on an unlabelled
+    split) plus ``split`` and ``predictions``. Raises :class:`NonFiniteEvalError` for a diverged model.
     """
-    import json
-
     from shards.manifest import read_dataset_info
     from training.checkpoints import load_checkpoint
     from training.config import TrainConfig
@@ -275,5 +309,5 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
         result["predictions"] = write_predictions(storage.join(os.fspath(out), f"predictions_{split}.parquet"),
                                                   r.predictions, classes)
         storage.write_bytes_atomic(*storage.resolve(storage.join(os.fspath(out), f"eval_{split}.json")),
-                                   (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
+                                   (strict_json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     return result

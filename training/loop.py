@@ -1,8 +1,8 @@
 """The training loop as a short driver over small named steps, in the spirit of nanoGPT's ``train.py`` and timm's
 ``train_one_epoch``/``validate``::
 
-    train_group: setup → restore → per epoch: train_one_epoch → end_of_epoch (validate → schedule → checkpoint)
-                 → final_evaluation (per member)
+    train_group: setup → restore (→ finish a pending validation) → per epoch: train_one_epoch → end_of_epoch
+                 (checkpoint "validation pending" → validate → schedule → checkpoint) → final_evaluation
 
 A :class:`Member` owns one model and what belongs to it alone: forward/backward/optimizer step, lr schedule,
 best score, meters, TensorBoard writer and ``state_dict``/``load_state_dict``. :func:`train_loop` trains one
@@ -19,7 +19,13 @@ A checkpoint is one ``checkpoint.pt`` (:func:`training.checkpoints.save_checkpoi
 member's model loads and evaluates on its own) whose ``extra`` is the group's state, format version 2::
 
     {"version": 2, "members": [Member.state_dict(), ...], "loader": ..., "step": ..., "rng": ...,
-     "train_config": first member's config, "normalization": ..., "classes": [...]}
+     "train_config": first member's config, "normalization": ..., "classes": [...],
+     "validation_pending": epoch or None}
+
+At an epoch end the loop checkpoints *before* validating (``validation_pending`` = that epoch, scored -1 so it
+is never "best"), so a crash during validation costs the validation, not the epoch: a run resumed from such a
+checkpoint validates that epoch, steps the schedule and checkpoints again before training on. Validation uses
+no global RNG, so either way the run stays bit-identical to an uninterrupted one.
 
 (torch.save stores the first member's tensors once although both the top level and ``members[0]`` name them).
 Version 1 (first member at the top level, the others in ``extra["members"]``) still loads:
@@ -29,6 +35,7 @@ Version 1 (first member at the top level, the others in ``extra["members"]``) st
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import tempfile
@@ -45,18 +52,23 @@ from torch import nn
 from shards import storage
 from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
-from training.config import DATA_FIELDS, TrainConfig
+from training.config import DATA_FIELDS, TrainConfig, resume_differences
 from training.data import ClipLoader, ClipNormalizer, ClipStream, normalization_for, shard_specs
 from training.data.normalize import InputConvention
-from training.evaluate import evaluate, expected_clips, stored_convention, write_predictions
+from training.evaluate import NonFiniteEvalError, evaluate, expected_clips, stored_convention, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
 
 CHECKPOINT_FILE = "checkpoint.pt"
+#: ``kind`` of the checkpoint an epoch end writes before validating (reported with :data:`PENDING_SCORE`, below
+#: every real score and the -1 of unvalidated step checkpoints, so Ray never prefers it as "best").
+PENDING_KIND = "epoch-trained"
+PENDING_SCORE = -2.0
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stopped and its last good checkpoint was kept."""
+    """The training or validation loss (or the evaluated logits) became NaN/inf; the run stopped, and no such
+    checkpoint was kept as "best"."""
 
 
 # -- where checkpoints go: Ray (training.ray_train.RaySession) or a local folder -------------------------
@@ -72,6 +84,13 @@ class Session:
     def restore(self) -> Path | None:
         """Path of the latest checkpoint file to resume from, or None to start fresh."""
         raise NotImplementedError
+
+    def where(self, path: Path) -> str:
+        """Where the checkpoint :meth:`restore` returned lives in the run directory (for messages)."""
+        return str(path)
+
+    def release(self, path: Path) -> None:
+        """Called once the restored checkpoint is loaded: delete any private copy :meth:`restore` made."""
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, name: str | None) -> None:
         """Called on every rank with the same metrics. At a checkpoint ``name`` is its tag (the same on every
@@ -101,7 +120,8 @@ class LocalSession(Session):
             return
         self.root.mkdir(parents=True, exist_ok=True)
         src = Path(checkpoint_dir) / CHECKPOINT_FILE
-        if float(metrics.get("score", -math.inf)) > self.best_score:
+        # A checkpoint taken before its epoch's validation is never "best" (its weights are not yet scored).
+        if metrics.get("kind") != PENDING_KIND and float(metrics.get("score", -math.inf)) > self.best_score:
             self.best_score = float(metrics["score"])
             shutil.copyfile(src, self.root / "best.tmp")
             (self.root / "best").mkdir(exist_ok=True)
@@ -129,16 +149,17 @@ def _builder_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, InputConvention | None]:
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, InputConvention | None, str | None]:
     """The model of ``cfg`` with ``num_classes`` outputs; with ``cfg.pretrained`` every tensor except the
     classifier comes from that checkpoint (ours or a released one) and the classifier is new.
 
-    Returns ``(model, input convention of the pretrained weights or None)``.
+    Returns ``(model, input convention of the pretrained weights or None, a one-line description of what was
+    loaded (file, format, input convention) or None)``.
     """
     kwargs = _builder_kwargs(cfg)
     model = get_model(cfg.model, num_classes=num_classes, **kwargs)
     if not cfg.pretrained:
-        return model, None
+        return model, None, None
     fmt = cfg.pretrained_format
     if fmt == "auto":
         raw = torch.load(cfg.pretrained, map_location="cpu", weights_only=True)
@@ -149,10 +170,13 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, InputCon
         if src.config.name != cfg.model:
             raise ValueError(f"pretrained checkpoint holds {src.config.name!r}, not {cfg.model!r}")
         conv = stored_convention(src, ckpt)
+        origin = f"our checkpoint of {src.config.name} ({src.config.num_classes} classes)"
     else:
         plain = {k: v for k, v in cfg.model_kwargs.items() if k != "dropout"}
-        src, _ = load_released_checkpoint(cfg.pretrained, cfg.model, **plain)
+        src, info = load_released_checkpoint(cfg.pretrained, cfg.model, **plain)
         conv = src.input_convention
+        origin = (f"released checkpoint, arch {info.arch!r}, {info.num_classes} classes "
+                  f"({info.dataset or 'unknown dataset'})")
     head = head_keys(cfg.model, **kwargs)
     backbone = {k: v for k, v in src.state_dict().items() if k not in head}
     missing, unexpected = model.load_state_dict(backbone, strict=False)
@@ -160,7 +184,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, InputCon
         raise ValueError(f"pretrained weights do not fit {cfg.model}: missing {sorted(set(missing) - head)}, "
                          f"unexpected {sorted(unexpected)}")
     model.input_convention = conv
-    return model, conv
+    described = (f"pretrained {cfg.pretrained}: format {fmt} ({origin}); input convention {conv.channel_order}, "
+                 f"pixels ×{conv.value_scale / 255:g}, mean {list(conv.mean)}, std {list(conv.std)}")
+    return model, conv, described
 
 
 def freeze_all_but(model: nn.Module, trainable: set[str]) -> list[nn.Module]:
@@ -219,6 +245,10 @@ class Hooks:
         """After global optimizer step ``step`` (1-based) of every member; ``cfg`` is the group's first config,
         ``master`` whether this is rank 0. An exception raised here ends the run (as a crash would)."""
 
+    def on_validate(self, epoch: int, model: nn.Module, cfg: TrainConfig, master: bool) -> None:
+        """Before each member's validation of 0-based ``epoch`` (after the epoch's checkpoint); ``model`` is the
+        member's model, ``cfg`` its config. An exception raised here ends the run (as a crash would)."""
+
 
 # -- one model of a run ----------------------------------------------------------------------------------
 
@@ -248,10 +278,19 @@ class Member:
     def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, *, ddp: bool, master: bool) -> Member:
         """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer and schedule."""
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
-        raw, pretrained_conv = build_model(cfg, num_classes)
+        raw, pretrained_conv, described = build_model(cfg, num_classes)
         frozen_norms: list[nn.Module] = []
         if cfg.finetune == "last-layer":
-            frozen_norms = freeze_all_but(raw, head_keys(cfg.model, **_builder_kwargs(cfg)))
+            head = head_keys(cfg.model, **_builder_kwargs(cfg))
+            frozen_norms = freeze_all_but(raw, head)
+            if master:
+                frozen = [p for p in raw.parameters() if not p.requires_grad]
+                shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in raw.state_dict().items() if k in head)
+                described = (f"{described}\nfine-tuning {cfg.finetune}: froze {sum(p.numel() for p in frozen):,} "
+                             f"parameters in {len(frozen)} tensors (and the statistics of {len(frozen_norms)} "
+                             f"BatchNorm layers); new head {shapes}, freshly initialised, trained")
+        if described and master:
+            print(described, flush=True)
         norm_name = cfg.normalization
         conv = (pretrained_conv if norm_name is None and pretrained_conv is not None
                 else normalization_for(cfg.dataset, checkpoint=norm_name))
@@ -317,9 +356,9 @@ class Member:
         elif self.scheduler is not None:
             self.scheduler.step()
 
-    def stop_nonfinite(self, loss_value: float, step: int, epoch: int, master: bool) -> None:
-        msg = (f"non-finite loss ({loss_value}) at step {step + 1} (epoch {epoch + 1}); training stopped. The last "
-               "good checkpoint is kept; lower the lr or check the data, then resume from it.")
+    def stop_nonfinite(self, loss_value: float, step: int, epoch: int, master: bool, msg: str | None = None) -> None:
+        msg = msg or (f"non-finite loss ({loss_value}) at step {step + 1} (epoch {epoch + 1}); training stopped. "
+                      "The last good checkpoint is kept; lower the lr or check the data, then resume from it.")
         if master:
             print(f"ERROR: {self.name}: {msg}", flush=True)
         self.result = {"status": "nonfinite", "message": msg, "step": step, "epoch": epoch}
@@ -330,7 +369,8 @@ class Member:
         """Everything of this member a checkpoint holds (plain values and tensors)."""
         return {"model": self.cfg.model, "out": self.cfg.out, "state_dict": self.raw.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "best": self.best, "normalization": self.norm_name,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "last_train": self.last_train}
 
     def load_state_dict(self, state: dict[str, Any], what: str) -> None:
         if state["model"] != self.cfg.model:
@@ -341,6 +381,19 @@ class Member:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.best = float(state["best"])
+        self.last_train = state.get("last_train")  # the pending validation's epoch line needs it
+
+    def set_lr(self, lr: float) -> None:
+        """Make ``lr`` the optimizer's lr from now on (``--resume --override lr``): every parameter group, and
+        the schedule's reference points (multistep's base lr, plateau's floor) move with it."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] = lr
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            floor = lr * self.cfg.lr_gamma ** self.cfg.plateau_max_reductions * (1 - 1e-9)
+            self.scheduler.min_lrs = [floor] * len(self.optimizer.param_groups)
+        elif self.scheduler is not None:
+            self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+            self.scheduler._last_lr = [lr] * len(self.optimizer.param_groups)
 
 
 CHECKPOINT_VERSION = 2
@@ -380,6 +433,7 @@ class RunState:
     members: list[Member]
     step: int = 0
     resumed_at: int | None = None
+    pending: int | None = None  # restored from a checkpoint whose epoch still needs its validation
     prof_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     prof: Any = None
 
@@ -435,36 +489,77 @@ def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> RunState:
     return RunState(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members)
 
 
-def restore(run: RunState) -> None:
+def check_resume(saved: dict[str, Any], cfg: TrainConfig, overrides: Sequence[str], where: str) -> list[str]:
+    """Refuse (ValueError listing every difference) to resume a checkpoint's run (``saved``: its
+    ``train_config``) with a config that changes the run's meaning, unless each such field is in
+    ``overrides``; the class list can never change. Returns the differences that are taken."""
+    refused, taken = resume_differences(TrainConfig.from_dict(saved), cfg, tuple(overrides))
+    if refused:
+        raise ValueError(f"{where}: resuming would change the run's meaning: {'; '.join(refused)}. Resume with "
+                         "the saved settings, or name each field with --override FIELD to change it anyway")
+    return taken
+
+
+def restore(run: RunState, overrides: Sequence[str] = ()) -> None:
     """Resume from the session's latest checkpoint, if any: every member (model, optimizer, schedule, best
-    score), the loader position, the step and the RNG."""
+    score), the loader position, the step and the RNG. The saved config must agree with this run's
+    (:func:`check_resume`); ``overrides`` name fields that may change anyway (a new ``lr`` is applied to the
+    optimizers). At an epoch boundary the loader starts the next epoch afresh, so the worker count may change."""
     path = run.session.restore()
     if path is None:
         return
-    _, ckpt = load_checkpoint(path)
+    where = run.session.where(path)
+    try:
+        _, ckpt = load_checkpoint(path)
+    finally:
+        run.session.release(path)  # no private copy outlives the load
     extra = ckpt["extra"]
+    classes = extra.get("classes")
+    if classes is not None and list(classes) != run.classes:
+        raise ValueError(f"{where}: the checkpoint was trained on classes {list(classes)}, the shards have "
+                         f"{run.classes}; a resumed run cannot change its classes")
     states = checkpoint_members(ckpt)
     if len(states) != len(run.members):
-        raise ValueError(f"{path} holds {len(states)} model(s), this run has {len(run.members)}")
+        raise ValueError(f"{where} holds {len(states)} model(s), this run has {len(run.members)}")
+    for m, state in zip(run.members, states, strict=True):  # a group: before the config check, clearer
+        if run.grouped and state["model"] != m.cfg.model:
+            raise ValueError(f"{where} holds {state['model']!r} where this run has {m.cfg.model!r}; resume a "
+                             "group with the same members in the same order")
+    taken = check_resume(extra["train_config"], run.cfg, overrides, where)
     for m, state in zip(run.members, states, strict=True):
-        m.load_state_dict(state, str(path))
-    run.train_loader.load_state_dict(extra["loader"])
+        m.load_state_dict(state, where)
+        if "lr" in overrides:
+            m.set_lr(m.cfg.lr)
+    loader = extra["loader"]
+    if int(loader["batches_done"]) == 0:
+        # An epoch boundary: nothing of the epoch was read, so the position is just the epoch number and the
+        # loader re-derives its plan for this run's world size, loader workers and batch.
+        run.train_loader.set_epoch(int(loader["epoch"]))
+    else:
+        run.train_loader.load_state_dict(loader)  # mid-epoch: only with the same world size, workers, batch
     run.step = run.resumed_at = int(extra["step"])
+    run.pending = extra.get("validation_pending")
     torch.set_rng_state(extra["rng"])
     if run.master:
-        print(f"resumed from {path} at epoch {run.train_loader.epoch + 1}, "
-              f"batch {run.train_loader.batches_done}, step {run.step}", flush=True)
+        pos = (f"epoch {run.train_loader.epoch + 1} of {run.cfg.epochs}" if run.train_loader.batches_done == 0
+               else f"epoch {run.train_loader.epoch + 1}, batch {run.train_loader.batches_done}")
+        pending = f"; validation of epoch {run.pending + 1} first" if run.pending is not None else ""
+        print(f"resumed from {where}: step {run.step}, next {pos}{pending}", flush=True)
+        if taken:
+            print(f"resume: changed settings taken: {'; '.join(taken)}", flush=True)
 
 
-def checkpoint(run: RunState, tag: str, metrics: dict[str, Any], score: float) -> None:
-    """Rank 0 writes checkpoint.pt (format version 2) into a fresh folder; every rank reports (Ray needs all)."""
+def checkpoint(run: RunState, tag: str, metrics: dict[str, Any], score: float, pending: int | None = None) -> None:
+    """Rank 0 writes checkpoint.pt (format version 2) into a fresh folder; every rank reports (Ray needs all).
+    ``pending``: the epoch whose validation has not run yet (the checkpoint before validation)."""
     ckpt_dir = None
     if run.master:
         lead = run.members[0]
         ckpt_dir = Path(tempfile.mkdtemp(prefix="e3d-ckpt-"))
         extra = {"version": CHECKPOINT_VERSION, "members": [m.state_dict() for m in run.members],
                  "train_config": run.cfg.to_dict(), "step": run.step, "loader": run.train_loader.state_dict(),
-                 "rng": torch.get_rng_state(), "normalization": lead.norm_name, "classes": run.classes}
+                 "rng": torch.get_rng_state(), "normalization": lead.norm_name, "classes": run.classes,
+                 "validation_pending": pending}
         save_checkpoint(ckpt_dir / CHECKPOINT_FILE, lead.raw, epoch=run.train_loader.epoch,
                         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, extra=extra)
     run.session.report({**metrics, "score": score, "step": run.step}, ckpt_dir, tag)
@@ -527,26 +622,54 @@ def train_one_epoch(run: RunState, epoch: int) -> bool:
     return True
 
 
-def _validate(run: RunState, m: Member) -> dict[str, float]:
-    """One centre clip per validation video: loss, top-1, top-5 (clip level)."""
+def _validate(run: RunState, m: Member, epoch: int) -> dict[str, float] | None:
+    """One centre clip per validation video: loss, top-1, top-5 (clip level). Returns None (and stops the
+    member, as a non-finite training loss would) when the logits or the loss are not finite."""
+    run.hooks.on_validate(epoch, m.raw, m.cfg, run.master)
     loader, expected = run.eval_loader("val")
-    r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
-                 amp=m.cfg.amp and run.device.type == "cuda")
+    try:
+        r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
+                     amp=m.cfg.amp and run.device.type == "cuda")
+        problem = None if r.loss is None or math.isfinite(r.loss) else f"validation loss {r.loss}"
+    except NonFiniteEvalError as exc:  # raised on every rank alike
+        problem = str(exc)
+    if problem is not None:
+        m.stop_nonfinite(math.nan, run.step, epoch, run.master, msg=(
+            f"non-finite validation after epoch {epoch + 1} (step {run.step}): {problem}; training stopped. "
+            "This epoch's checkpoint is not kept as best; lower the lr or check the data, then resume from an "
+            "earlier checkpoint."))
+        return None
     return {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5}
 
 
 def end_of_epoch(run: RunState, epoch: int) -> None:
-    """Per member: validate, step the schedule, log and keep the best score; then one checkpoint for the
-    group, scored by the members' mean validation top-1 (which Ray keeps as "best").
+    """The epoch's checkpoint, then (when this epoch validates) per member: validate, step the schedule, log
+    and keep the best score, and one more checkpoint for the group, scored by the members' mean validation
+    top-1 (which Ray keeps as "best").
 
-    The checkpoint comes last (not before validation) on purpose: it holds the stepped schedules and best
-    scores, and its score is this epoch's validation, so a resume repeats nothing and skips nothing."""
+    The first checkpoint comes before validation (``validation_pending``, never best), so a crash during
+    validation does not cost the epoch; the second holds the stepped schedules and best scores, and its
+    score is this epoch's validation. A run resumed from the first runs :func:`validate_and_schedule` first."""
+    cfg = run.cfg
+    for m in run.active():
+        m.last_train = m.meter.reduced(run.world)
+    validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+    if validate:
+        checkpoint(run, f"epoch{epoch:04d}-step{run.step:08d}-trained", {"epoch": epoch, "kind": PENDING_KIND},
+                   score=PENDING_SCORE, pending=epoch)
+    validate_and_schedule(run, epoch, validate)
+
+
+def validate_and_schedule(run: RunState, epoch: int, validate: bool) -> None:
+    """The second half of an epoch end (see :func:`end_of_epoch`): validation, schedule, epoch line and
+    TensorBoard, best score, and the epoch's checkpoint (unless every member stopped)."""
     cfg = run.cfg
     scores, metrics = [], {"epoch": epoch, "kind": "epoch"}
-    validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
     for m in run.active():
-        train = m.last_train = m.meter.reduced(run.world)
-        val = _validate(run, m) if validate else None
+        train = m.last_train or Meter().reduced(1)
+        val = _validate(run, m, epoch) if validate else None
+        if not m.active:  # non-finite validation: stopped, scored nowhere
+            continue
         if val is not None:  # an epoch without validation keeps the last figures for the final metrics
             m.last_val = val
         m.schedule(val["loss"] if val is not None else None)
@@ -565,7 +688,8 @@ def end_of_epoch(run: RunState, epoch: int) -> None:
         if val is not None:
             mine.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
         metrics.update(mine if m is run.members[0] else {f"{k}/{m.name}": v for k, v in mine.items()})
-    checkpoint(run, f"epoch{epoch:04d}-step{run.step:08d}", metrics, score=sum(scores) / max(len(scores), 1))
+    if run.active():
+        checkpoint(run, f"epoch{epoch:04d}-step{run.step:08d}", metrics, score=sum(scores) / max(len(scores), 1))
 
 
 def _final_checkpoint(run: RunState, m: Member) -> str:
@@ -596,8 +720,13 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
         result.update({f"val_{k}": v for k, v in m.last_val.items()})
     if cfg.final_eval:
         loader, expected = run.eval_loader("eval")
-        r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
-                     amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
+        try:
+            r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
+                         amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
+        except NonFiniteEvalError as exc:
+            m.stop_nonfinite(math.nan, run.step, cfg.epochs - 1, run.master,
+                             msg=f"final evaluation refused: {exc}. The run's checkpoints are kept.")
+            return m.result
         result.update(r.metrics("eval_"))
         result["eval_split"] = val_split
         m.obs.scalars(run.step, {"eval/video_top1": r.video_top1, "eval/video_top5": r.video_top5,
@@ -606,25 +735,50 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
             result["predictions"] = write_predictions(
                 storage.join(m.cfg.out, f"predictions_{val_split}.parquet"), r.predictions, run.classes)
             print(f"{m.name + ': ' if run.grouped else ''}eval {val_split}: {r.videos} videos / {r.clips} clips: "
-                  f"video top1 {r.video_top1:.3f} top5 {r.video_top5:.3f}, clip top1 {r.clip_top1:.3f}", flush=True)
+                  f"{format_accuracy(r.video_top1, r.video_top5, r.clip_top1)}", flush=True)
     if run.grouped and run.master:
         result["final_checkpoint"] = _final_checkpoint(run, m)
     m.obs.write_json("metrics.json", result)
     return result
 
 
+def format_accuracy(video_top1: float | None, video_top5: float | None, clip_top1: float | None) -> str:
+    """``video top1 … top5 …, clip top1 …``, or ``no labels: not scored`` for an unlabelled split."""
+    if video_top1 is None or (isinstance(video_top1, float) and math.isnan(video_top1)):
+        return "no labels: not scored"
+    return f"video top1 {video_top1:.3f} top5 {video_top5:.3f}, clip top1 {clip_top1:.3f}"
+
+
+def finished_metrics(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The final ``metrics.json`` of a run that already finished what ``cfg`` asks (its model and dataset, its
+    epochs, and its final evaluation when ``final_eval``), else None: resuming such a run has nothing left to
+    do. (The driver checks the rest of the saved config first: :func:`training.ray_train.check_resumable`.)"""
+    fs, path = storage.resolve(storage.join(cfg.out, "metrics.json"))
+    if not storage.exists(fs, path):
+        return None
+    try:
+        metrics = json.loads(storage.read_bytes(fs, path))
+    except ValueError:
+        return None
+    done = (isinstance(metrics, dict) and metrics.get("status") == "finished" and metrics.get("epochs") == cfg.epochs
+            and metrics.get("model") == cfg.model and metrics.get("dataset") == cfg.dataset
+            and (not cfg.final_eval or "eval_videos" in metrics))
+    return metrics if done else None
+
+
 # -- the driver ------------------------------------------------------------------------------------------
 
 
 def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = None,
-               hooks: Hooks | None = None) -> dict[str, Any]:
+               hooks: Hooks | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train (and evaluate) one run on this rank. Returns the final metrics (the same on every rank), with
-    ``status`` ``"finished"`` or ``"nonfinite"`` (NaN/inf loss: stopped, last good checkpoint kept)."""
-    return train_group([config], session, hooks)[0]
+    ``status`` ``"finished"`` or ``"nonfinite"`` (NaN/inf training or validation loss, or non-finite logits:
+    stopped, no such checkpoint kept as best). ``overrides``: see :func:`restore`."""
+    return train_group([config], session, hooks, overrides)[0]
 
 
 def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Session | None = None,
-                hooks: Hooks | None = None) -> list[dict[str, Any]]:
+                hooks: Hooks | None = None, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train several models from one decode pass: every batch the loader decodes feeds each model in turn.
 
     The configs must agree on every :data:`training.config.DATA_FIELDS` setting (the first config's data
@@ -632,20 +786,31 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
     member writes its own TensorBoard events, ``metrics.json`` and predictions under its ``out``; the
     session's checkpoints hold every member, and at the end each member of a group of several also gets a
     plain ``out/checkpoint.pt``. A member whose loss goes non-finite stops alone. With one config this is
-    :func:`train_loop`. ``hooks`` (default: none) are called at fixed points of the loop.
+    :func:`train_loop`. ``hooks`` (default: none) are called at fixed points of the loop. A run whose members
+    all have a finished ``metrics.json`` for these epochs (:func:`finished_metrics`) is not trained or evaluated
+    again: those metrics are returned.
 
     Returns one final-metrics dict per config, in order.
     """
     cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
     _check_group(cfgs)
+    done = [finished_metrics(c) for c in cfgs]
+    if all(d is not None for d in done):  # checked before setup: not even a TensorBoard file is opened
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 0:
+            print(f"{cfgs[0].out}: already finished ({cfgs[0].epochs} epochs, step {done[0].get('step')}); "
+                  "nothing to do", flush=True)
+        return done
     run = setup(cfgs, session or LocalSession(storage.join(cfgs[0].out, "checkpoints")), hooks or Hooks())
-    restore(run)
+    restore(run, overrides)
+    if run.pending is not None:  # the checkpoint was written before its epoch's validation
+        validate_and_schedule(run, run.pending, True)
     run.prof = run.prof_stack.enter_context(maybe_profile(run.members[0].obs.dir, run.cfg.profile_steps,
                                                           enabled=run.master and run.step == 0,
                                                           cuda=run.device.type == "cuda"))
     with run.prof_stack:
         for epoch in range(run.train_loader.epoch, run.cfg.epochs):
-            if not train_one_epoch(run, epoch):
+            if not run.active() or not train_one_epoch(run, epoch):
                 break
             end_of_epoch(run, epoch)
     for m in run.active():

@@ -13,7 +13,6 @@ local working folder that is uploaded at every epoch end, after each JSON write 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from shards import strict_json
 from shards.storage import DirMirror
 
 
@@ -72,12 +72,13 @@ class Observer:
         self.print(line, flush=True)
 
     def write_json(self, name: str, payload: Mapping[str, Any]) -> Path | None:
-        """Write ``out/name`` atomically (temporary file + rename; on object storage one PUT)."""
+        """Write ``out/name`` atomically (temporary file + rename; on object storage one PUT); non-finite
+        numbers become ``null`` (valid JSON)."""
         if self.dir is None:
             return None
         path = self.dir / name
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=float) + "\n")
+        tmp.write_text(strict_json.dumps(payload, indent=1, sort_keys=True, default=float) + "\n")
         os.replace(tmp, path)
         self.sync()
         return path

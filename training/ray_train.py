@@ -21,6 +21,7 @@ checkpoints (epoch ends and every ``checkpoint_every_steps`` steps).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -30,10 +31,19 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
-from shards import storage
+from shards import storage, strict_json
 from shards.raycluster import init_ray
 from training.config import TrainConfig
-from training.loop import CHECKPOINT_FILE, Hooks, NonFiniteLossError, Session, train_group
+from training.loop import (
+    CHECKPOINT_FILE,
+    PENDING_KIND,
+    Hooks,
+    NonFiniteLossError,
+    Session,
+    check_resume,
+    finished_metrics,
+    train_group,
+)
 from training.result import EvaluationResult, RunResult
 
 
@@ -47,16 +57,31 @@ class RaySession(Session):
             return ray.train.torch.get_device()
         return torch.device("cpu")
 
+    def __init__(self) -> None:
+        self._where: str | None = None
+
     def restore(self) -> Path | None:
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
-        # A private local copy: works for remote storage too, and survives Ray deleting old checkpoints.
+        self._where = _checkpoint_uri(ckpt)
+        # A private local copy (deleted by release() once loaded): works for remote storage too, and survives
+        # Ray deleting old checkpoints while the loop reads it.
         local = Path(tempfile.mkdtemp(prefix="e3d-restore-"))
-        ckpt.to_directory(str(local))
+        try:
+            ckpt.to_directory(str(local))
+        except BaseException:
+            shutil.rmtree(local, ignore_errors=True)
+            raise
         return local / CHECKPOINT_FILE
+
+    def where(self, path: Path) -> str:
+        return self._where or str(path)
+
+    def release(self, path: Path) -> None:
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, name: str | None) -> None:
         import ray.train
@@ -69,19 +94,61 @@ class RaySession(Session):
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    train_group(config["members"], RaySession(), config.get("hooks"))
+    train_group(config["members"], RaySession(), config.get("hooks"), config.get("overrides") or ())
 
 
 def has_run_state(out: str) -> bool:
-    """True when ``out`` (local path or URI) already holds a run: a checkpoint or a final ``metrics.json``."""
+    """True when ``out`` (local path or URI) already holds a run: a checkpoint (Ray's run state or one of the
+    loop's checkpoint folders) or a final ``metrics.json``."""
     fs, base = storage.resolve(out)
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True))
-    return any(i.base_name.startswith(("checkpoint_", "checkpoint-")) or i.base_name == "metrics.json"
-               for i in infos)
+    return (any(i.base_name.startswith(("checkpoint_", "checkpoint-")) or i.base_name == "metrics.json"
+                for i in infos)
+            or any(_CKPT_DIR.match(i.base_name) for i in infos))
 
 
 def _checkpoint_uri(ckpt) -> str:
     return storage.join(storage.to_uri(ckpt.filesystem, ckpt.path), CHECKPOINT_FILE)
+
+
+_CKPT_DIR = re.compile(r"^epoch(\d+)-step(\d+)(-trained)?$")
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest loop checkpoint file in a run directory (by step; at equal steps the one written after
+    validation), or None. Folder names are the loop's tags: ``epochEEEE-stepSSSSSSSS[-trained]``."""
+    fs, base = storage.resolve(run_dir)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True)):
+        m = _CKPT_DIR.match(info.base_name)
+        if m and storage.exists(fs, storage.join(info.path, CHECKPOINT_FILE)):
+            found.append(((int(m.group(2)), int(m.group(1)), m.group(3) is None), info.path))
+    return storage.to_uri(fs, storage.join(max(found)[1], CHECKPOINT_FILE)) if found else None
+
+
+def check_resumable(cfg: TrainConfig, run_dir: str, *, workers: int, overrides: Sequence[str] = ()) -> None:
+    """Driver-side checks before a resumed run starts Ray (ValueError, i.e. exit 2, instead of a failure
+    inside every worker): the latest checkpoint's config agrees with ``cfg`` (see
+    :func:`training.loop.check_resume`), its classes with the shards', and a mid-epoch position is resumed
+    with the worker count that saved it (at an epoch boundary any count works)."""
+    from shards.manifest import read_dataset_info
+    from training.checkpoints import load_checkpoint
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return
+    extra = load_checkpoint(path)[1].get("extra") or {}
+    if "train_config" in extra:
+        check_resume(extra["train_config"], cfg, overrides, path)
+    classes = list(read_dataset_info(cfg.shards)["classes"])
+    if extra.get("classes") is not None and list(extra["classes"]) != classes:
+        raise ValueError(f"{path}: the checkpoint was trained on classes {list(extra['classes'])}, {cfg.shards} "
+                         f"has {classes}; a resumed run cannot change its classes")
+    loader = extra.get("loader") or {}
+    if int(loader.get("batches_done", 0)) > 0 and loader.get("world_size") not in (None, workers):
+        raise ValueError(f"{path} is a mid-epoch checkpoint (epoch {int(loader['epoch']) + 1}, batch "
+                         f"{loader['batches_done']}) saved by {loader['world_size']} workers; resume it with "
+                         f"--workers {loader['world_size']} (the worker count may change at an epoch boundary)")
 
 
 def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, run_dir: str, max_failures: int,
@@ -104,11 +171,16 @@ def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, ru
 
 
 def run_training(cfg: TrainConfig, *, workers: int = 2, max_failures: int = 1, address: str | None = None,
-                 resume: bool = False, num_cpus: int | None = None, hooks: Hooks | None = None) -> RunResult:
+                 resume: bool = False, num_cpus: int | None = None, hooks: Hooks | None = None,
+                 resume_if_exists: bool = False, overrides: Sequence[str] = ()) -> RunResult:
     """Train ``cfg`` on ``workers`` Ray Train workers (DDP: gloo on CPU, NCCL with ``cfg.use_gpu``).
 
     ``cfg.out`` is the run directory (Ray's ``storage_path/name``; local path or object-store URI). An existing
-    run is refused unless ``resume``; with ``resume`` the run continues from its latest checkpoint.
+    run is refused unless ``resume``; with ``resume`` the run continues from its latest checkpoint, and a
+    directory without a run is refused (``resume_if_exists``: resume when there is a run, start otherwise).
+    A resumed run must keep the saved settings except those in
+    :data:`training.config.RESUME_MAY_CHANGE` and the fields named in ``overrides``. A run that already
+    finished what ``cfg`` asks is not trained or evaluated again: its saved result is returned.
 
     Returns a :class:`training.result.RunResult`: the final metrics (see :func:`training.loop.train_loop`)
     with ``checkpoint`` (latest) and ``best_checkpoint`` paths (URIs when ``cfg.out`` is one). ``hooks`` go
@@ -117,15 +189,18 @@ def run_training(cfg: TrainConfig, *, workers: int = 2, max_failures: int = 1, a
     beyond ``max_failures``.
     """
     result = run_group([cfg], cfg.out, workers=workers, max_failures=max_failures, address=address,
-                       resume=resume, num_cpus=num_cpus, hooks=hooks)[0]
+                       resume=resume, num_cpus=num_cpus, hooks=hooks, resume_if_exists=resume_if_exists,
+                       overrides=overrides)[0]
     if result.status == "nonfinite":
-        raise NonFiniteLossError(f"{result.message} Last good checkpoint: {result.checkpoint}")
+        raise NonFiniteLossError(f"{result.message} Latest checkpoint: {result.checkpoint}; best: "
+                                 f"{result.best_checkpoint or 'none'}")
     return result
 
 
 def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, max_failures: int = 1,
               address: str | None = None, resume: bool = False, num_cpus: int | None = None,
-              hooks: Hooks | None = None) -> list[RunResult]:
+              hooks: Hooks | None = None, resume_if_exists: bool = False,
+              overrides: Sequence[str] = ()) -> list[RunResult]:
     """Train several models from one decode pass (:func:`training.loop.train_group`) as one Ray Train run
     whose checkpoints live in ``run_dir``; each member's metrics, TensorBoard and predictions go to its own
     ``out``. With one config whose ``out`` is ``run_dir`` this is :func:`run_training`.
@@ -139,12 +214,25 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
     # Absolute paths: Ray's workers run in a directory of their own, where a relative path means nothing.
     cfgs = [c.replace(out=storage.canonical(c.out), shards=storage.canonical(c.shards),
                       pretrained=storage.canonical(c.pretrained) if c.pretrained else None) for c in cfgs]
-    if has_run_state(run_dir) and not resume:
+    exists = has_run_state(run_dir)
+    if exists and not (resume or resume_if_exists):
         raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume) to continue it or choose "
                          "another --out")
+    if resume and not exists and not resume_if_exists:
+        raise ValueError(f"{run_dir}: nothing to resume (no checkpoint or metrics.json there); drop --resume to "
+                         "start a new run, or pass --resume-if-exists to resume only when there is one")
+    if exists:
+        check_resumable(cfgs[0], run_dir, workers=workers, overrides=overrides)  # a finished run too: honest
+        done = [finished_metrics(c) for c in cfgs]
+        if all(d is not None for d in done):
+            print(f"{run_dir}: already finished ({cfgs[0].epochs} epochs, step {done[0].get('step')}); "
+                  "nothing trained or evaluated again", flush=True)
+            return [RunResult.from_metrics(d, checkpoint=d.get("checkpoint"), best_checkpoint=d.get("best_checkpoint"),
+                                           group_checkpoint=d.get("group_checkpoint")) for d in done]
     started = init_ray(address, num_cpus=num_cpus)
     try:
-        trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs], "hooks": hooks}, workers=workers,
+        trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs], "hooks": hooks,
+                                           "overrides": list(overrides)}, workers=workers,
                            use_gpu=cfgs[0].use_gpu, run_dir=run_dir, max_failures=max_failures, keep_best=True)
         result = trainer.fit()
     finally:
@@ -156,7 +244,8 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
         raise RuntimeError(f"training failed: {result.error}") from result.error
     latest = _checkpoint_uri(result.checkpoint) if result.checkpoint else None
     best = getattr(result, "best_checkpoints", None) or []
-    scored = [(m.get("score", -1.0), _checkpoint_uri(c)) for c, m in best]
+    # A checkpoint taken before its epoch's validation is never "best".
+    scored = [(m.get("score", -1.0), _checkpoint_uri(c)) for c, m in best if m.get("kind") != PENDING_KIND]
     out = []
     for c in cfgs:
         # Ray's Result keeps the metrics of checkpoint reports; the loop's final summary is rank 0's metrics.json.
@@ -164,10 +253,15 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
         metrics = (json.loads(storage.read_bytes(fs, summary)) if storage.exists(fs, summary)
                    else dict(result.metrics or {}))
         if len(cfgs) == 1:
-            paths = {"checkpoint": latest, "best_checkpoint": max(scored)[1] if scored else latest}
+            paths = {"checkpoint": latest, "best_checkpoint": max(scored)[1] if scored else None}
         else:
             own = metrics.get("final_checkpoint")
             paths = {"checkpoint": own, "best_checkpoint": own, "group_checkpoint": latest}
+        if metrics.get("status") == "finished" and storage.exists(fs, summary):
+            # Remembered for a later --resume of the finished run, which returns this without starting Ray.
+            metrics.update(paths)
+            storage.write_bytes_atomic(fs, summary, (strict_json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+                                       .encode())
         out.append(RunResult.from_metrics(metrics, **paths))
     return out
 
@@ -175,9 +269,13 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
 def _eval_worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    from training.evaluate import evaluate_checkpoint
+    from training.evaluate import NonFiniteEvalError, evaluate_checkpoint
 
-    result = evaluate_checkpoint(**config, device=RaySession().device(config.get("use_gpu", False)))
+    try:
+        result = evaluate_checkpoint(**config, device=RaySession().device(config.get("use_gpu", False)))
+    except NonFiniteEvalError as exc:  # not a failure to retry: told to the driver, which raises it
+        ray.train.report({"nonfinite": str(exc)})
+        return
     ray.train.report({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
 
 
@@ -212,5 +310,9 @@ def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, 
             ray.shutdown()
     if result.error is not None:
         raise RuntimeError(f"evaluation failed: {result.error}") from result.error
+    if (result.metrics or {}).get("nonfinite"):
+        from training.evaluate import NonFiniteEvalError
+
+        raise NonFiniteEvalError(f"{checkpoint}: {result.metrics['nonfinite']}")
     return EvaluationResult.from_dict(
         json.loads(storage.read_bytes(*storage.resolve(storage.join(out, f"eval_{split}.json")))))

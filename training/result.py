@@ -73,6 +73,12 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+def _opt_float(v: Any) -> float | None:
+    """A metric that is None on an unlabelled split (no accuracy to report)."""
+    return None if v is None else float(v)
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     """A checkpoint's evaluation, as :func:`training.ray_train.run_evaluation` returns it to the CLI and the
     demo (instead of the ``eval_<split>.json`` dict they read with ``.get``).
@@ -89,11 +95,11 @@ class EvaluationResult:
     checkpoint: str
     videos: int
     clips: int
-    video_top1: float
-    video_top5: float
-    clip_top1: float
-    clip_top5: float
-    loss: float
+    video_top1: float | None
+    video_top5: float | None
+    clip_top1: float | None
+    clip_top5: float | None
+    loss: float | None
     incomplete_videos: int = 0
     predictions: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -104,9 +110,9 @@ class EvaluationResult:
         ``split``, ``checkpoint`` and ``predictions``); ``ValueError`` naming the key when one is missing."""
         try:
             return cls(split=str(d["split"]), checkpoint=str(d["checkpoint"]), videos=int(d["eval_videos"]),
-                       clips=int(d["eval_clips"]), video_top1=float(d["eval_video_top1"]),
-                       video_top5=float(d["eval_video_top5"]), clip_top1=float(d["eval_clip_top1"]),
-                       clip_top5=float(d["eval_clip_top5"]), loss=float(d["eval_loss"]),
+                       clips=int(d["eval_clips"]), video_top1=_opt_float(d["eval_video_top1"]),
+                       video_top5=_opt_float(d["eval_video_top5"]), clip_top1=_opt_float(d["eval_clip_top1"]),
+                       clip_top5=_opt_float(d["eval_clip_top5"]), loss=_opt_float(d["eval_loss"]),
                        incomplete_videos=int(d.get("eval_incomplete_videos", 0)), predictions=d.get("predictions"),
                        metrics=dict(d))
         except KeyError as exc:

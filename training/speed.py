@@ -18,7 +18,6 @@ only ShuffleNetV2 1.0x and MobileNetV2 1.0x, because a CPU training step of the 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shards import strict_json
 from training.models import TABLE8, get_model, list_models
 
 CPU_DEFAULT_MODELS = ("shufflenetv2_1.0x", "mobilenetv2_1.0x")
@@ -308,16 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
+            f.write(strict_json.dumps(
                 {
                     "device": _device_description(device),
                     "torch": torch.__version__,
                     "input": [args.batch_size, 3, args.frames, args.size, args.size],
                     "results": [_json_row(r) for r in results],
                 },
-                f,
                 indent=2,
-            )
+            ))
     return 1 if any(r.error for r in results) else 0
 
 

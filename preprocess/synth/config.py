@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from shards import strict_json
 from shards.datasets import DATASETS  # noqa: F401  (re-exported by preprocess.synth)
 
 # (class name, motion) per dataset; ``SynthConfig.num_classes`` takes the first N.
@@ -139,7 +140,7 @@ class SynthReport:
             "classes": list(self.classes),
             "items": [dataclasses.asdict(it) for it in self.items],
         }
-        return json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+        return strict_json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> SynthReport:
