@@ -41,9 +41,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_preprocess
     from preprocess.config import PreprocessConfig
     from preprocess.run import preprocess
 
+    check_preprocess(src=args.src, timeout=args.timeout, max_failed=args.max_failed, quality=args.quality,
+                     shard_size=args.shard_size, num_cpus=args.num_cpus)
     cfg = PreprocessConfig(
         dataset=args.dataset, src=args.src, out=args.out, splits=_splits(args.splits), short_side=args.short_side,
         quality=args.quality, shard_size=args.shard_size, decoder=args.decoder, max_failed=args.max_failed,
@@ -81,6 +84,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_sweep
     from pipeline.sweep import SweepConfig, run_sweep, trials_from_args
 
     trials, base = trials_from_args(args.grid, _splits(args.models))
@@ -89,6 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, use_gpu=args.gpu,
                       address=args.address, num_cpus=args.num_cpus, shared_decode=args.shared_decode,
                       max_group=args.max_group)
+    check_sweep(cfg)
     results = run_sweep(cfg)
     failed = [r.trial for r in results if r.status != "finished"]
     if failed:
@@ -154,10 +159,14 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_train
+
+    # checked before the heavy imports and before Ray starts: a mistake costs well under 2 s
+    cfg = check_train(_train_config(args), workers=args.workers, resume=args.resume, max_failures=args.max_failures,
+                      num_cpus=args.num_cpus)
     from training.loop import NonFiniteLossError
     from training.ray_train import run_training
 
-    cfg = _train_config(args)
     try:
         m = run_training(cfg, workers=args.workers, max_failures=args.max_failures, address=args.address,
                          resume=args.resume, num_cpus=args.num_cpus)
@@ -171,9 +180,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_eval
     from training.ray_train import run_evaluation
 
-    m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
+    split = check_eval(args.checkpoint, args.shards, split=args.split, workers=args.workers,
+                       batch_size=args.batch_size, num_cpus=args.num_cpus)
+    m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=split,
                        batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
     print(f"{m['split']}: {m['eval_videos']} videos, {m['eval_clips']} clips: video top1 {m['eval_video_top1']:.4f} "
           f"top5 {m['eval_video_top5']:.4f}, clip top1 {m['eval_clip_top1']:.4f}; predictions {m.get('predictions')}")
@@ -314,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        if isinstance(exc, KeyError) and type(exc).__name__ != "UnknownModelError":
+            raise  # a bug, not bad input: keep the traceback
         print(f"e3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `e3d models | head`: the reader left; no traceback, and none at exit either

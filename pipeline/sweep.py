@@ -112,6 +112,8 @@ def load_grid(path: str) -> tuple[list[TrialSpec], dict[str, Any]]:
                 name = model + (f"_w{w}" if w is not None else "") + (f"_v{i}" if len(variants) > 1 else "")
                 trials.append(TrialSpec(_slug(name), model, kwargs, dict(ov)))
     for t in spec.get("trials") or []:
+        if not isinstance(t, dict) or not isinstance(t.get("model"), str):
+            raise ValueError(f"{path}: each entry of trials needs a model name, got {t!r}")
         t = dict(t)
         model = t.pop("model")
         kwargs = dict(t.pop("model_kwargs", {}) or {})

@@ -33,6 +33,7 @@ import torch
 
 from shards import storage
 from training.config import TrainConfig
+from training.errors import NON_RETRYABLE, InputError
 from training.loop import CHECKPOINT_FILE, NonFiniteLossError, Session, train_group
 
 # Ray's unix socket paths break when its temp dir is long (pytest's tmp dirs are).
@@ -103,14 +104,70 @@ def _checkpoint_uri(ckpt) -> str:
     return storage.join(storage.to_uri(ckpt.filesystem, ckpt.path), CHECKPOINT_FILE)
 
 
+def input_error_of(exc: BaseException) -> BaseException | None:
+    """The bad-input exception (:data:`training.errors.NON_RETRYABLE`) behind a Ray Train failure, if any.
+
+    A ``WorkerGroupError`` maps ranks to ``RayTaskError`` wrappers that are also instances of the worker's
+    exception type; when one rank fails on bad input the others often fail with collateral errors (a closed
+    connection), so any rank's bad-input error decides."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for _, err in sorted(failures.items()):
+        cause = getattr(err, "cause", None) or err
+        if isinstance(cause, NON_RETRYABLE) or isinstance(err, NON_RETRYABLE):
+            return cause if isinstance(cause, BaseException) else err
+    return None
+
+
+def _failure_policy(policy):
+    """Ray Train's default failure policy, except that a bad-input error (retrying cannot help) is raised at
+    once instead of restarting the workers ``max_failures`` times."""
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+
+    class InputAwarePolicy(type(policy)):
+        def make_decision(self, training_failed_error):
+            if input_error_of(training_failed_error) is not None:
+                return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    policy.__class__ = InputAwarePolicy
+    return policy
+
+
+def _trainer_class():
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        # The controller is built from these keyword arguments; the private hook is pinned with ray==2.60.0.
+        def _initialize_and_run_controller(self, **kwargs):
+            if "failure_policy" in kwargs:
+                kwargs["failure_policy"] = _failure_policy(kwargs["failure_policy"])
+            return super()._initialize_and_run_controller(**kwargs)
+
+    return Trainer
+
+
+def _fit(trainer, what: str):
+    """``trainer.fit()``; a bad-input failure in a worker comes back as one :class:`InputError` line."""
+    from ray.train import TrainingFailedError
+
+    try:
+        return trainer.fit()
+    except TrainingFailedError as exc:
+        cause = input_error_of(exc)
+        if cause is not None:
+            raise InputError(" ".join(f"{what} failed on a worker: {type(cause).__name__}: {cause}".split())
+                             ) from None
+        raise RuntimeError(f"{what} failed: {exc}") from exc
+
+
 def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, run_dir: str, max_failures: int,
              keep_best: bool):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     ckpt_cfg = (CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order="max")
                 if keep_best else CheckpointConfig(num_to_keep=1))
-    return TorchTrainer(
+    return _trainer_class()(
         fn,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -163,7 +220,7 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
     try:
         trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs]}, workers=workers,
                            use_gpu=cfgs[0].use_gpu, run_dir=run_dir, max_failures=max_failures, keep_best=True)
-        result = trainer.fit()
+        result = _fit(trainer, "training")
     finally:
         if started:
             import ray
@@ -221,8 +278,8 @@ def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, 
         fs, path = storage.resolve(run_dir)
         if storage.exists(fs, path):
             fs.delete_dir(path)  # an evaluation is never resumed
-        result = _trainer(_eval_worker, kwargs, workers=workers, use_gpu=use_gpu, run_dir=run_dir,
-                          max_failures=0, keep_best=False).fit()
+        result = _fit(_trainer(_eval_worker, kwargs, workers=workers, use_gpu=use_gpu, run_dir=run_dir,
+                               max_failures=0, keep_best=False), "evaluation")
     finally:
         if started:
             import ray
