@@ -312,8 +312,9 @@ def check_eval(checkpoint: str, shards: str, *, split: str | None, workers: int,
     classes = list(info["classes"])
     if extra.get("classes") and list(extra["classes"]) != classes:
         saved = list(extra["classes"])
+        pairs = zip(saved, classes, strict=False)  # same length here, else the count is the difference
         what = (f"{len(saved)} classes vs {len(classes)}" if len(saved) != len(classes)
-                else f"first difference: {next(f'{a!r} vs {b!r}' for a, b in zip(saved, classes) if a != b)}")
+                else f"first difference: {next(f'{a!r} vs {b!r}' for a, b in pairs if a != b)}")
         raise InputError(f"--checkpoint was trained on other classes than --shards {shards} has ({what})")
     return split
 

@@ -185,8 +185,8 @@ def test_failure_policy_raises_bad_input_at_once_and_retries_the_rest():
     assert policy.make_decision(lost) == FailureDecision.RETRY  # a lost worker is still retried
 
 
-def test_pretrained_on_object_storage_is_checked_and_loaded_through_storage(s3_endpoint, bad_inputs,  # noqa: F811
-                                                                          tiny_shards, tmp_path):
+def test_pretrained_on_object_storage_is_checked_and_loaded_through_storage(
+        s3_endpoint, bad_inputs, tiny_shards, tmp_path):  # noqa: F811
     import boto3
     import pyarrow.fs as pafs
 
