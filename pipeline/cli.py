@@ -15,6 +15,8 @@ if __package__ in (None, ""):
     # Run as a plain script (``python pipeline/cli.py``): make the repository's packages importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.logs import configure as configure_logs  # noqa: E402  (light: no Ray, no torch)
+from pipeline.logs import quiet_ray
 from training.config import DATASETS  # noqa: E402  (a light module: dataclasses only)
 
 
@@ -47,6 +49,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     check_preprocess(src=args.src, timeout=args.timeout, max_failed=args.max_failed, quality=args.quality,
                      shard_size=args.shard_size, num_cpus=args.num_cpus)
+    quiet_ray()
     cfg = PreprocessConfig(
         dataset=args.dataset, src=args.src, out=args.out, splits=_splits(args.splits), short_side=args.short_side,
         quality=args.quality, shard_size=args.shard_size, decoder=args.decoder, max_failed=args.max_failed,
@@ -94,6 +97,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       address=args.address, num_cpus=args.num_cpus, shared_decode=args.shared_decode,
                       max_group=args.max_group)
     check_sweep(cfg)
+    quiet_ray()
     results = run_sweep(cfg)
     failed = [r.trial for r in results if r.status != "finished"]
     if failed:
@@ -111,6 +115,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
+
+    quiet_ray()
 
     return run_demo(args.workdir, fresh=args.fresh, train=not args.no_train)
 
@@ -164,6 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # checked before the heavy imports and before Ray starts: a mistake costs well under 2 s
     cfg = check_train(_train_config(args), workers=args.workers, resume=args.resume, max_failures=args.max_failures,
                       num_cpus=args.num_cpus)
+    quiet_ray()
     from training.loop import NonFiniteLossError
     from training.ray_train import run_training
 
@@ -173,9 +180,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"e3d {args.command}: {exc}", file=sys.stderr)
         return 3
-    print(f"{cfg.model} on {cfg.dataset}: {m['epochs']} epochs, {m['step']} steps; "
-          f"video top1 {m.get('eval_video_top1', float('nan')):.3f} top5 {m.get('eval_video_top5', float('nan')):.3f}"
-          f"; checkpoints: last {m['checkpoint']}, best {m['best_checkpoint']}; metrics {cfg.out}/metrics.json")
+    from pipeline.logs import train_summary
+
+    print(train_summary(cfg.model, cfg.dataset, m, f"{cfg.out}/metrics.json"))
     return 0
 
 
@@ -185,6 +192,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     split = check_eval(args.checkpoint, args.shards, split=args.split, workers=args.workers,
                        batch_size=args.batch_size, num_cpus=args.num_cpus)
+    if args.workers > 1:
+        quiet_ray()
     m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=split,
                        batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
     print(f"{m['split']}: {m['eval_videos']} videos, {m['eval_clips']} clips: video top1 {m['eval_video_top1']:.4f} "
@@ -319,11 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="delete the workdir first")
     s.add_argument("--no-train", action="store_true", help="preprocessing only (skip training and evaluation)")
     s.set_defaults(func=cmd_demo)
+    for s in sub.choices.values():
+        s.add_argument("-v", "--verbose", action="count", default=0,
+                       help="also show Ray's internal log lines (hidden by default)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logs(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, KeyError) as exc:

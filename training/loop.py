@@ -40,6 +40,7 @@ from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
 from training.config import DATA_FIELDS, TrainConfig
 from training.data import ClipLoader, ClipNormalizer, ClipStream, LoaderConfig, normalization_for, shard_specs
+from training.ddp import wrap_ddp
 from training.evaluate import evaluate, expected_clips, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
@@ -317,7 +318,7 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
                                     channels_last=mcfg.channels_last).to(device)
         memory_format = torch.channels_last_3d if mcfg.channels_last else torch.contiguous_format
         raw = raw.to(device, memory_format=memory_format)
-        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if on_gpu else None) if ddp else raw
+        model = wrap_ddp(raw, device) if ddp else raw  # gradients laid out like their parameters
         # only the trainable parameters: frozen ones get no weight decay either
         optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=mcfg.lr,
                                     momentum=mcfg.momentum, dampening=mcfg.dampening,
@@ -388,6 +389,7 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
             set_train_mode(m.raw, m.frozen_norms)
             m.meter, m.window = Meter(), Meter()
         batches = iter(train_loader)
+        per_epoch = min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader))
         while cfg.max_steps_per_epoch is None or train_loader.batches_done < cfg.max_steps_per_epoch:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -404,7 +406,7 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
                 loss = F.cross_entropy(logits.float(), y)
                 if fault_kind == "nan" and step + 1 == int(fault_step):
                     loss = loss * float("nan")
-                m.optimizer.zero_grad(set_to_none=True)
+                m.optimizer.zero_grad(set_to_none=False)  # in place: DDP's gradients are views of its buckets
                 loss.backward()
                 losses.append(loss.detach())
                 hits.append(_topk_hits(logits.detach(), y, 5))
@@ -444,6 +446,8 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
                                          "train/clips_per_s": w["clips_per_s"] * world,
                                          "train/data_wait_frac": w["data_wait_frac"]})
                     m.window.reset()
+            lead.obs.step_progress(epoch, cfg.epochs, train_loader.batches_done, per_epoch,
+                                   lead.meter.loss_sum / max(lead.meter.clips, 1))
             if prof is not None:
                 prof.step()
                 if step >= cfg.profile_steps + 1:  # warm-up + active steps recorded: write the trace now
@@ -513,8 +517,7 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
             if master:
                 result["predictions"] = write_predictions(
                     storage.join(m.cfg.out, f"predictions_{val_split}.parquet"), r.predictions, classes)
-                print(f"{m.name + ': ' if grouped else ''}eval {val_split}: {r.videos} videos / {r.clips} clips: "
-                      f"video top1 {r.video_top1:.3f} top5 {r.video_top5:.3f}, clip top1 {r.clip_top1:.3f}", flush=True)
+                # the figures are printed once, by the driver's summary (with the checkpoint they came from)
         if grouped and master:  # a plain checkpoint per member, loadable and evaluable on its own
             local = Path(tempfile.mkdtemp(prefix="e3d-final-")) / CHECKPOINT_FILE
             save_checkpoint(local, m.raw, epoch=cfg.epochs, optimizer=None, metrics={},

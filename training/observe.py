@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from shards.storage import DirMirror
+from training.progress import Progress, StepProgress
 
 
 class Observer:
@@ -44,6 +45,8 @@ class Observer:
         self.mirror: DirMirror | None = None
         #: local folder standing for ``out`` (``out`` itself when local); None on ranks other than 0
         self.dir: Path | None = None
+        #: the in-epoch bar (training.progress): drawn here on a terminal, tagged lines under Ray, else nothing
+        self.progress = StepProgress(enabled=enabled)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -64,12 +67,19 @@ class Observer:
         """One console line per epoch (the progress report); ``name`` prefixes it (a member of a group)."""
         if not self.enabled:
             return
+        self.progress.clear()
         line = (f"{name + ': ' if name else ''}epoch {epoch + 1}/{epochs} step {step}: loss {train['loss']:.4f} "
                 f"top1 {train['top1']:.3f} lr {lr:.2e} {train['clips_per_s']:.1f} clips/s "
                 f"data-wait {train['data_wait_frac']:.0%}")
         if val:
             line += f" | val loss {val['loss']:.4f} top1 {val['top1']:.3f} top5 {val['top5']:.3f}"
         self.print(line, flush=True)
+
+    def step_progress(self, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
+        """After each training step: ``epoch`` 0-based, ``batch`` steps done of ``batches`` in this epoch, mean
+        loss so far (nats). Rate-limited; a no-op off rank 0 or when no one watches."""
+        if self.enabled:
+            self.progress.update(Progress(epoch + 1, epochs, batch, batches, loss))
 
     def write_json(self, name: str, payload: Mapping[str, Any]) -> Path | None:
         """Write ``out/name`` atomically (temporary file + rename; on object storage one PUT)."""

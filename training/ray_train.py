@@ -46,6 +46,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # workers' prints reached the console twice
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -88,7 +89,24 @@ class RaySession(Session):
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # uploaded synchronously by report()
 
 
+def _console(config: dict[str, Any]) -> None:
+    """In a worker: the driver's progress mode (training.progress), and plain ``print``. Ray Train's print
+    patch sends each printed line both to stdout and through a logger, so every line reached the console
+    twice; the driver turns it off with ``RAY_TRAIN_ENABLE_PRINT_PATCH=0`` for local workers, and this undoes
+    it on workers of a cluster that did not inherit that variable."""
+    import builtins
+    import sys
+
+    if config.get("progress"):
+        os.environ["E3D_PROGRESS"] = config["progress"]
+    module = sys.modules.get(getattr(builtins.print, "__module__", None) or "")
+    original = getattr(module, "_original_print", None) if module is not None else None
+    if callable(original) and module.__name__.startswith("ray."):
+        builtins.print = original
+
+
 def _train_worker(config: dict[str, Any]) -> None:
+    _console(config)
     train_group(config["members"], RaySession())
 
 
@@ -162,7 +180,7 @@ def _fit(trainer, what: str):
 
 def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, run_dir: str, max_failures: int,
              keep_best: bool):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
     ckpt_cfg = (CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order="max")
@@ -175,7 +193,10 @@ def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, ru
                                      resources_per_worker=None if use_gpu else {"CPU": 1}),
         # num_to_keep=1 with a score keeps the best checkpoint; Ray always keeps the latest one as well.
         run_config=RunConfig(name=run_dir.rsplit("/", 1)[1], storage_path=run_dir.rsplit("/", 1)[0],
-                             failure_config=FailureConfig(max_failures=max_failures), checkpoint_config=ckpt_cfg),
+                             failure_config=FailureConfig(max_failures=max_failures), checkpoint_config=ckpt_cfg,
+                             # Ray Train's own INFO lines (TrainingReport dumps, ...) only with `e3d -v`
+                             logging_config=LoggingConfig(
+                                 log_level="INFO" if os.environ.get("E3D_VERBOSE", "0") != "0" else "WARNING")),
     )
 
 
@@ -218,7 +239,8 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
                          "another --out")
     started = init_ray(address, num_cpus=num_cpus)
     try:
-        trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs]}, workers=workers,
+        trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs],
+                                           "progress": os.environ.get("E3D_PROGRESS", "")}, workers=workers,
                            use_gpu=cfgs[0].use_gpu, run_dir=run_dir, max_failures=max_failures, keep_best=True)
         result = _fit(trainer, "training")
     finally:
