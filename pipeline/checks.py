@@ -276,6 +276,10 @@ def check_train(cfg, *, workers: int, resume: bool, max_failures: int = 1, num_c
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
         raise InputError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     check_batch(cfg.batch_size, workers)
+    if cfg.batch_size // workers < 2:
+        raise InputError(f"--batch-size {cfg.batch_size} over --workers {workers} leaves {cfg.batch_size // workers} "
+                         "clip per worker; BatchNorm needs at least 2 in training: use --batch-size "
+                         f"{2 * workers} or more")
     train_split, val_split = cfg.splits
     check_shards(cfg.shards, cfg.dataset, [(train_split, "--train-split"), (val_split, "--val-split")])
     check_run_out(cfg.out, resume=resume)

@@ -4,8 +4,9 @@ At the default verbosity (``e3d <cmd>`` without ``-v``), :func:`configure`
 
 * drops Ray Train's internal lines that Ray forwards from its actors (the placement-group cleaner's "Failed to
   query Ray Train Controller actor state" that appears when the dashboard is off, the controller's resource and
-  worker-group lines, ``TrainingReport(...)`` dumps, "Checkpoint successfully created", process-group set-up),
-  keeping warnings, errors and tracebacks;
+  worker-group lines and transient retries, ``TrainingReport(...)`` dumps, "Checkpoint successfully created",
+  process-group set-up), keeping warnings and the workers' exception lines (their traceback bodies are
+  dropped: the driver raises the same error);
 * prints the training workers' own output (the loop's epoch lines, final evaluation) without Ray's
   ``(RayTrainWorker pid=...)`` prefix;
 * turns rank 0's tagged progress lines (:mod:`training.progress`) into a bar on the terminal, or drops them
@@ -35,9 +36,11 @@ from training.progress import PROGRESS_TAG, parse_progress, render_bar
 
 #: actors whose lines are all internal
 NOISE_ACTORS = ("PlacementGroupCleaner",)
-#: Ray Train's controller: only failure decisions and errors are kept
+#: Ray Train's controller: only its failure decisions are kept (it logs them at INFO, so they show with -v);
+#: its transient retries ("Failed to send resource request" with a GetTimeoutError traceback on a loaded
+#: machine) are not the user's concern, and a run that fails raises its error on the driver
 CONTROLLER_ACTORS = ("TrainController",)
-CONTROLLER_KEEP = re.compile(r"\[FailurePolicy\]|Error|error|Traceback|failed")
+CONTROLLER_KEEP = re.compile(r"\[FailurePolicy\] (RETRY|RAISE)")
 #: internal lines from any actor (training workers included)
 NOISE = re.compile("|".join((
     r"Failed to query Ray Train Controller actor state",
@@ -53,6 +56,10 @@ NOISE = re.compile("|".join((
     r"Generated new authentication token and saved to",
 )))
 WORKER_ACTORS = ("RayTrainWorker",)
+#: the body of a worker's Python traceback: the driver raises the same error (one line for bad input), and the
+#: whole traceback stays in Ray's log files and on the console with -v
+TRACEBACK_BODY = re.compile(r"^(Error in training function:|Traceback \(most recent call last\):|\s|\S*\^{3,}|"
+                            r"During handling of the above exception|The above exception was the direct cause)")
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"bar": False, "installed": False}
@@ -77,6 +84,8 @@ def filter_lines(data: dict[str, Any]) -> tuple[list[str], list[str], list[Any]]
             continue
         if actor.startswith(WORKER_ACTORS) and not data.get("is_err"):
             plain.append(line)  # the loop's own prints (rank 0 only)
+        elif actor.startswith(WORKER_ACTORS) and TRACEBACK_BODY.match(line):
+            continue
         else:
             keep.append(line)
     return keep, plain, progress

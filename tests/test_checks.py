@@ -76,6 +76,7 @@ def _cases(s: str, d: Path) -> list[tuple[list[str], str, int]]:
         (train + ["--train-split", "train1"], "no split 'train1' in", 2),
         (train + ["--model", "shufflenetv2_025x"], "did you mean shufflenetv2_0.25x", 2),
         (train + ["--batch-size", "5"], "--batch-size 5 does not split evenly over --workers 2", 2),
+        (train + ["--batch-size", "2"], "BatchNorm needs at least 2", 2),
         (train + ["--shards", str(d / "empty-dir")], "is empty: not a preprocessed dataset", 2),
         (train + ["--shards", str(d / "nowhere")], "does not exist", 2),
         (train + ["--shards", str(d / "old-run")], "holds no dataset.json", 2),
