@@ -145,6 +145,13 @@ def _trial_dir(cfg: SweepConfig, trial: TrialSpec) -> str:
     return storage.join(storage.canonical(cfg.out), "trials", trial.name)
 
 
+def counts_classes(cfg: SweepConfig) -> int:
+    """The class count of the sweep's data (what the trained models' classifiers have)."""
+    from shards.manifest import read_dataset_info
+
+    return len(read_dataset_info(cfg.shards)["classes"])
+
+
 def _counts(trial: TrialSpec, num_classes: int) -> tuple[int, float, float]:
     """Parameters for ``num_classes`` and (paper MFLOPs, exact MMACs) at the paper's 3x16x112x112 input."""
     import torch
@@ -226,7 +233,7 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
     nan = float("nan")
     results = []
     for trial, tcfg, m, status in zip(trials, tcfgs, ms, statuses, strict=True):
-        params, mflops, macs = counts[trial.name]
+        params, mflops, macs, params_600, mflops_600 = counts[trial.name]
         result = TrialResult(
             trial=trial.name, model=trial.model, dataset=cfg.dataset, status=status, params=params, mflops=mflops,
             macs_m=macs, clips_per_s=_speed(trial, cfg.speed_iters, cfg.use_gpu),
@@ -237,6 +244,7 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
             decode_cpu_s_per_clip=decode_s / len(trials),
             overrides=",".join(f"{k}={v}" for k, v in sorted({**trial.model_kwargs, **trial.overrides}.items())),
             decode_group=run_dir.rsplit("/", 1)[-1] if grouped else "",
+            num_classes=counts_classes(cfg), params_600=params_600, mflops_600=mflops_600,
         )
         if status == "finished":
             storage.write_bytes_atomic(*storage.resolve(storage.join(tcfg.out, TRIAL_FILE)),
@@ -290,7 +298,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
     for t in cfg.trials:
         try:
             _train_config(cfg, t)
-            counts[t.name] = _counts(t, num_classes)
+            counts[t.name] = (*_counts(t, num_classes), *_counts(t, 600)[:2])  # + Table 8's 600-class figures
         except (ValueError, TypeError, KeyError) as exc:
             problems.append(f"{t.name}: {exc}")
     if problems:
