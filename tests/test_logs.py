@@ -173,5 +173,8 @@ def test_a_short_training_run_prints_one_line_per_epoch_and_one_summary(tiny_sha
                   "Started a local Ray instance", PROGRESS_TAG):
         assert not any(noise in line for line in lines), noise
     assert sum("2 epochs, 4 steps" in line for line in lines) == 1
-    assert any("weights of the last checkpoint" in line and "checkpoint.pt" in line for line in lines)
+    from tests.test_docs import CHECKPOINT_PATH
+
+    last = next(line for line in lines if "weights of the last checkpoint" in line).rsplit(" ", 1)[1]
+    assert CHECKPOINT_PATH.search(last), last  # the layout the README documents
     assert len(lines) <= 8
