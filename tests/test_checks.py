@@ -213,3 +213,18 @@ def test_pretrained_on_object_storage_is_checked_and_loaded_through_storage(
     with pytest.raises(InputError, match="not a readable PyTorch checkpoint"):
         check_train(cfg.replace(pretrained=f"s3://{bucket}/k600/garbage.pth"), workers=2, resume=False)
     assert json.dumps(checked.to_dict())  # still a plain, saveable config
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_bad_input_inside_the_workers_comes_back_as_one_input_error(ray_local, tiny_shards, tmp_path):  # noqa: F811
+    """What the driver cannot see (here a split the pre-flight check would have refused, passed to Ray Train
+    directly) fails on the workers: the run stops on the first attempt despite max_failures=2 (the policy
+    test above shows the decision) and the driver raises the worker's message as an InputError."""
+    from training.ray_train import run_training
+
+    cfg = TrainConfig.for_dataset("jester", tiny_shards, str(tmp_path / "run"), model="shufflenetv2_0.25x",
+                                  clip_len=8, size=32, batch_size=4, loader_workers=0, epochs=1,
+                                  val_split="no-such-split")
+    with pytest.raises(InputError, match="training failed on a worker: .*no-such-split"):
+        run_training(cfg, workers=2, max_failures=2)
