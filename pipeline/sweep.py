@@ -224,7 +224,8 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
     t0 = time.monotonic()
     try:
         # resume=True: an unfinished trial (or group) continues from its last checkpoint, a new one starts fresh
-        ms = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume=True, address=cfg.address)
+        ms = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume=True, address=cfg.address,
+                       label=run_dir.rstrip("/").rsplit("/", 1)[-1])
         statuses = [m.get("status", "finished") for m in ms]
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
         ms = [{} for _ in trials]

@@ -64,9 +64,11 @@ class Observer:
 
     def epoch_line(self, epoch: int, epochs: int, step: int, train: Mapping[str, float],
                    val: Mapping[str, float] | None, lr: float, name: str | None = None) -> None:
-        """One console line per epoch (the progress report); ``name`` prefixes it (a member of a group)."""
+        """One console line per epoch (the progress report); ``name`` prefixes it (a member of a group; else
+        ``E3D_RUN_LABEL``, set for a sweep's concurrent trials)."""
         if not self.enabled:
             return
+        name = name or os.environ.get("E3D_RUN_LABEL") or None
         self.progress.clear()
         line = (f"{name + ': ' if name else ''}epoch {epoch + 1}/{epochs} step {step}: loss {train['loss']:.4f} "
                 f"top1 {train['top1']:.3f} lr {lr:.2e} {train['clips_per_s']:.1f} clips/s "
@@ -79,7 +81,8 @@ class Observer:
         """After each training step: ``epoch`` 0-based, ``batch`` steps done of ``batches`` in this epoch, mean
         loss so far (nats). Rate-limited; a no-op off rank 0 or when no one watches."""
         if self.enabled:
-            self.progress.update(Progress(epoch + 1, epochs, batch, batches, loss))
+            self.progress.update(Progress(epoch + 1, epochs, batch, batches, loss,
+                                          os.environ.get("E3D_RUN_LABEL", "")))
 
     def write_json(self, name: str, payload: Mapping[str, Any]) -> Path | None:
         """Write ``out/name`` atomically (temporary file + rename; on object storage one PUT)."""

@@ -99,6 +99,8 @@ def _console(config: dict[str, Any]) -> None:
 
     if config.get("progress"):
         os.environ["E3D_PROGRESS"] = config["progress"]
+    if config.get("label"):  # concurrent runs (a sweep's trials) name their console lines
+        os.environ["E3D_RUN_LABEL"] = config["label"]
     module = sys.modules.get(getattr(builtins.print, "__module__", None) or "")
     original = getattr(module, "_original_print", None) if module is not None else None
     if callable(original) and module.__name__.startswith("ray."):
@@ -220,8 +222,8 @@ def run_training(cfg: TrainConfig, *, workers: int = 2, max_failures: int = 1, a
 
 
 def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, max_failures: int = 1,
-              address: str | None = None, resume: bool = False, num_cpus: int | None = None
-              ) -> list[dict[str, Any]]:
+              address: str | None = None, resume: bool = False, num_cpus: int | None = None,
+              label: str | None = None) -> list[dict[str, Any]]:
     """Train several models from one decode pass (:func:`training.loop.train_group`) as one Ray Train run
     whose checkpoints live in ``run_dir``; each member's metrics, TensorBoard and predictions go to its own
     ``out``. With one config whose ``out`` is ``run_dir`` this is :func:`run_training`.
@@ -240,7 +242,8 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
     started = init_ray(address, num_cpus=num_cpus)
     try:
         trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs],
-                                           "progress": os.environ.get("E3D_PROGRESS", "")}, workers=workers,
+                                           "progress": os.environ.get("E3D_PROGRESS", ""), "label": label or ""},
+                           workers=workers,
                            use_gpu=cfgs[0].use_gpu, run_dir=run_dir, max_failures=max_failures, keep_best=True)
         result = _fit(trainer, "training")
     finally:
