@@ -127,7 +127,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
     quiet_ray()
-
     return run_demo(args.workdir, fresh=args.fresh, train=not args.no_train)
 
 
