@@ -161,14 +161,19 @@ def test_trial_names_stay_under_out():
 
 
 def test_demo_fresh_deletes_only_its_own_folder(tmp_path):
-    from pipeline.demo import DEMO_MARKER, run_demo
+    from pipeline.demo import DEMO_MARKER, prepare_workdir, run_demo
 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     with pytest.raises(InputError, match="did not create"):
         run_demo(str(mine), fresh=True, train=False)
+    prepare_workdir(mine, fresh=False)  # reused without --fresh: still not marked as the demo's
     assert (mine / "notes.txt").exists() and not (mine / DEMO_MARKER).exists()
+    demo = prepare_workdir(tmp_path / "demo", fresh=False)  # a folder the demo creates is marked...
+    (demo / "shards").mkdir()
+    prepare_workdir(demo, fresh=True)  # ...so --fresh empties it
+    assert sorted(p.name for p in demo.iterdir()) == [DEMO_MARKER]
 
 
 def test_failure_policy_raises_bad_input_at_once_and_retries_the_rest():
