@@ -206,7 +206,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=split,
                        batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
     print(f"{m['split']}: {m['eval_videos']} videos, {m['eval_clips']} clips: video top1 {m['eval_video_top1']:.4f} "
-          f"top5 {m['eval_video_top5']:.4f}, clip top1 {m['eval_clip_top1']:.4f}; predictions {m.get('predictions')}")
+          f"top5 {m['eval_video_top5']:.4f}, clip top1 {m['eval_clip_top1']:.4f} -- weights of {args.checkpoint}; "
+          f"predictions {m.get('predictions')}")
     return 0
 
 
