@@ -25,11 +25,15 @@ from training.models import get_model
 
 @pytest.fixture(scope="module")
 def bad_inputs(tiny_shards, tmp_path_factory):  # noqa: F811
-    """Files and folders a user gets wrong, each made with the real code."""
-    d = tmp_path_factory.mktemp("bad")
+    return make_bad_inputs(tmp_path_factory.mktemp("bad"), tiny_shards)
+
+
+def make_bad_inputs(d: Path, shards: str) -> Path:
+    """Files and folders a user gets wrong under ``d``, each made with the real code (also used by
+    bench/bench_bad_input.py)."""
     model = get_model("shufflenetv2_0.25x", num_classes=3)
     good = d / "good.pt"
-    cfg = TrainConfig.for_dataset("jester", tiny_shards, str(d / "run"), model="shufflenetv2_0.25x", clip_len=8,
+    cfg = TrainConfig.for_dataset("jester", shards, str(d / "run"), model="shufflenetv2_0.25x", clip_len=8,
                                   size=32, batch_size=4)
     save_checkpoint(good, model, epoch=1, extra={"train_config": cfg.to_dict(),
                                                  "classes": ["Swiping Left", "Swiping Right", "Swiping Up"]})

@@ -216,8 +216,10 @@ def test_the_local_preprocessing_commands_run_on_tiny_data(tmp_path, capsys):
     ran = []
     for _, cmd in shell_commands(README.read_text()):
         argv = e3d_argv(cmd)
-        if argv and argv[0] in ("preprocess", "verify") and "/data/jester" in cmd or (
-                argv and argv[:2] == ["verify", "/data/shards/jester"]):
+        if not argv or "://" in cmd:  # cloud: not run here (tests/test_object_storage.py covers the bucket)
+            continue
+        if argv[0] in ("preprocess", "verify") and "/data/jester" in cmd or argv[:2] == ["verify",
+                                                                                      "/data/shards/jester"]:
             argv = [a.replace("/data/shards/jester", str(out)).replace("/data/jester", str(src)) for a in argv]
             if argv[0] == "preprocess":
                 argv += ["--num-cpus", "1", "--no-progress", "--short-side", "32"]
