@@ -164,9 +164,14 @@ def _num(value: Any, fmt: str = ".3f") -> str | None:
     return format(v, fmt) if v == v and abs(v) != float("inf") else None
 
 
-def train_summary(model: str, dataset: str, m: dict[str, Any], metrics_path: str) -> str:
+def train_summary(model: str, dataset: str, run: Any, metrics_path: str) -> str:
     """The closing lines of ``e3d train``/``finetune``, printed once by the driver, each figure with the
-    checkpoint (weights) it came from. ``m``: :func:`training.ray_train.run_training`'s metrics."""
+    checkpoint (weights) it came from. ``run``: :func:`training.ray_train.run_training`'s
+    :class:`training.result.RunResult` (or the same fields as a dict)."""
+    m = dict(run) if isinstance(run, dict) else {
+        **dict(getattr(run, "metrics", {}) or {}),
+        **{k: getattr(run, k) for k in ("epochs", "step", "checkpoint", "best_checkpoint", "predictions",
+                                        "resumed_at_step") if getattr(run, k, None) is not None}}
     resumed = f" (resumed at step {m['resumed_at_step']})" if m.get("resumed_at_step") is not None else ""
     lines = [f"{model} on {dataset}: {m.get('epochs')} epochs, {m.get('step')} steps{resumed}"]
     v1, v5, c1 = (_num(m.get(f"eval_{k}")) for k in ("video_top1", "video_top5", "clip_top1"))

@@ -115,6 +115,11 @@ def test_summary_names_the_checkpoint_behind_each_figure_and_never_prints_nan():
     assert "best validation clip top1 0.600" in text and "best checkpoint run/best/checkpoint.pt" in text
     bare = train_summary("net", "jester", {"epochs": 1, "step": 3, "best_val_top1": float("nan")}, "m.json")
     assert "not evaluated" in bare and "nan" not in bare
+    from training.result import RunResult  # what run_training returns
+
+    run = RunResult.from_metrics({k: v for k, v in m.items() if "checkpoint" not in k},
+                                 checkpoint="run/last/checkpoint.pt", best_checkpoint="run/best/checkpoint.pt")
+    assert train_summary("net", "jester", run, "run/metrics.json") == text
 
 
 def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
