@@ -123,15 +123,17 @@ def _cases(s: str, d: Path) -> list[tuple[list[str], str, int]]:
 
 def test_bad_input_gives_one_line_and_exit_2_before_ray(bad_inputs, tiny_shards, capsys,  # noqa: F811
                                                         monkeypatch):
+    import pipeline.demo
     import preprocess.ray_tasks
+    import shards.raycluster
     import training.ray_train
 
     def ray_must_not_start(*_a, **_k):
         raise AssertionError("Ray was started before the input was checked")
 
-    for mod in (training.ray_train, preprocess.ray_tasks):
+    # the one init_ray and every module that bound it at import
+    for mod in (shards.raycluster, training.ray_train, preprocess.ray_tasks, pipeline.demo):
         monkeypatch.setattr(mod, "init_ray", ray_must_not_start)
-    monkeypatch.setattr("pipeline.demo.init_ray", ray_must_not_start)
 
     rows, failures = [], []
     for argv, fragment, code in _cases(tiny_shards, bad_inputs):
