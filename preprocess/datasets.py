@@ -185,10 +185,23 @@ def _unlisted(index: _DiskIndex) -> list[Problem]:
 
 
 def _merge(entries: dict[str, dict], source: str, label: str | None, split: str) -> None:
-    e = entries.setdefault(source, {"label": label, "splits": set()})
+    e = entries.setdefault(source, {"label": label, "splits": set(), "labels": {}})
     e["splits"].add(split)
+    if label is not None:
+        e["labels"].setdefault(split, label)
     if e["label"] is None:
         e["label"] = label
+
+
+def _conflicts(entries: dict[str, dict]) -> list[Problem]:
+    """A video that two lists give different labels (e.g. Jester train and validation) is refused, in every
+    split that lists it: merging would silently pick one label, or leak the video into two classes."""
+    out = []
+    for src, e in sorted(entries.items()):
+        if len(set(e["labels"].values())) > 1:
+            said = ", ".join(f"{lab!r} in {split}" for split, lab in sorted(e["labels"].items()))
+            out.append(Problem(src, None, tuple(sorted(e["splits"])), "failed", f"label conflict: listed as {said}"))
+    return out
 
 
 def _list_lines(lists: dict[str, Path], wanted: tuple[str, ...]) -> Iterator[tuple[str, Path, int, str]]:
@@ -226,9 +239,10 @@ def _file_listed(entries: dict[str, dict], problems: list[Problem], disk: _DiskI
 
 
 def _items(entries: dict[str, dict], index: dict[str, int]) -> tuple[VideoItem, ...]:
-    """The merged entries as items, sorted by source; an entry without a label gets label index -1."""
+    """The merged entries as items, sorted by source; an entry without a label gets label index -1. Entries
+    with conflicting labels are left out (:func:`_conflicts` reports them)."""
     return tuple(VideoItem(src, e["label"], index.get(e["label"], -1), tuple(sorted(e["splits"])))
-                 for src, e in sorted(entries.items()))
+                 for src, e in sorted(entries.items()) if len(set(e["labels"].values())) <= 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,7 +290,8 @@ def _list_kinetics(root: Path, splits: tuple[str, ...]) -> Listing:
                 _file_listed(entries, problems, disk, index, split, label, found, f"{rel_dir}/{stem}.mp4",
                              classes_from=classes_from,
                              missing_reason=f"listed in {path.name} but no {stem}.* under {rel_dir}/")
-    return Listing("kinetics600", "video", classes, splits, _items(entries, index), tuple(problems + _unlisted(disk)))
+    return Listing("kinetics600", "video", classes, splits, _items(entries, index),
+                   tuple(problems + _conflicts(entries) + _unlisted(disk)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +326,8 @@ def _list_jester(root: Path, splits: tuple[str, ...]) -> Listing:
         _file_listed(entries, problems, disk, index, split, label, disk.find(source), source,
                      classes_from=f"not in {labels_path.name}",
                      missing_reason=f"listed in {path.name} but the frame folder is missing")
-    return Listing("jester", "frames", classes, splits, _items(entries, index), tuple(problems + _unlisted(disk)))
+    return Listing("jester", "frames", classes, splits, _items(entries, index),
+                   tuple(problems + _conflicts(entries) + _unlisted(disk)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,4 +376,4 @@ def _list_ucf(root: Path, splits: tuple[str, ...]) -> Listing:
                          classes_from="not in classInd.txt",
                          missing_reason=f"listed in {path.name} but not on disk")
     return Listing("ucf101", "video", tuple(classes), splits, _items(entries, index),
-                   tuple(problems + _unlisted(disk)))
+                   tuple(problems + _conflicts(entries) + _unlisted(disk)))
