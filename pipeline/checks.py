@@ -361,10 +361,11 @@ def check_sweep(cfg) -> None:
 
 
 def check_preprocess(*, src: str, timeout: float, max_failed: float, quality: int, shard_size: int | None,
-                     num_cpus: int | None) -> None:
+                     num_cpus: int | None, max_frames: int | None = None, task_memory: int | None = None) -> None:
     """Driver-side checks of ``e3d preprocess``."""
-    check_counts({"--quality": quality, "--shard-size": shard_size, "--num-cpus": num_cpus},
-                 minimum={"--quality": 1, "--shard-size": 1, "--num-cpus": 1})
+    check_counts({"--quality": quality, "--shard-size": shard_size, "--num-cpus": num_cpus,
+                  "--max-frames": max_frames, "--task-memory": task_memory},
+                 minimum={"--quality": 1, "--shard-size": 1, "--num-cpus": 1, "--max-frames": 1, "--task-memory": 1})
     if not (math.isfinite(timeout) and timeout > 0):
         raise InputError(f"--timeout must be > 0 seconds, got {timeout}")
     if quality > 100:

@@ -58,7 +58,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from shards.lease import LeaseHeld
 
     check_preprocess(src=args.src, timeout=args.timeout, max_failed=args.max_failed, quality=args.quality,
-                     shard_size=args.shard_size, num_cpus=args.num_cpus)
+                     shard_size=args.shard_size, num_cpus=args.num_cpus, max_frames=args.max_frames,
+                     task_memory=args.task_memory)
     quiet_ray()
     cfg = PreprocessConfig(
         dataset=args.dataset, src=args.src, out=args.out, splits=_splits(args.splits), short_side=args.short_side,

@@ -116,6 +116,7 @@ def _cases(s: str, d: Path) -> list[tuple[list[str], str, int]]:
         (sweep + ["--models", "shufflenetv2_0.25x", "--out", str(d / "foreign")], "thesis.tex", 2),
         (pre + ["--timeout", "-5"], "--timeout must be > 0 seconds, got -5.0", 2),
         (pre + ["--max-failed", "1.5"], "--max-failed is a fraction in [0, 1]", 2),
+        (pre + ["--max-frames", "0"], "--max-frames must be >= 1, got 0", 2),
         (pre[:3] + [str(d / "nowhere")] + pre[4:], "--src", 2),
         (["demo", "--workdir", str(d / "my-files"), "--fresh"], "which e3d demo did not create", 2),
     ]
