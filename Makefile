@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint docs-check bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# README line by line: commands parse, flags/paths/links exist, figures cite a source, local commands run
+docs-check: setup
+	$(BIN)/python -m pytest -q tests/test_docs.py
 
 bench: setup
 	$(BIN)/python bench/bench_preprocess.py

@@ -8,6 +8,7 @@ never rely on shell globbing, because ``ray submit`` passes them unquoted.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -16,8 +17,10 @@ if __package__ in (None, ""):
     # Run as a plain script (``python pipeline/cli.py``): make the repository's packages importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.logs import configure as configure_logs  # noqa: E402  (light: no Ray, no torch)
+from pipeline.logs import quiet_ray  # noqa: E402
 from preprocess.config import PreprocessConfig as _Pre  # noqa: E402  (light modules: dataclasses only)
-from shards.datasets import DATASETS  # noqa: E402
+from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
 
 if TYPE_CHECKING:
     from training.result import EvaluationResult
@@ -42,15 +45,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
         kinds[it.expect] = kinds.get(it.expect, 0) + 1
     print(f"{args.dataset}: {len(report.items)} entries under {report.root} "
           f"({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}); classes: {', '.join(report.classes)}")
+    bad, attempted = kinds.get("failed", 0), kinds.get("ok", 0) + kinds.get("failed", 0)
+    if bad and attempted:
+        # the broken files are there on purpose; preprocessing's default tolerance (5 %) is for real datasets
+        frac = bad / attempted
+        flag = min(1.0, math.ceil((frac + 0.05) * 10) / 10)
+        print(f"{bad} of {attempted} listed videos are broken on purpose ({frac:.1%} will fail): preprocess this "
+              f"copy with --max-failed {flag:g} (the default 0.05 is for real datasets), or generate it with --no-bad")
     return 0
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_preprocess
     from preprocess.config import PreprocessConfig
     from preprocess.isolate import InfrastructureError
     from preprocess.run import preprocess
     from shards.lease import LeaseHeld
 
+    check_preprocess(src=args.src, timeout=args.timeout, max_failed=args.max_failed, quality=args.quality,
+                     shard_size=args.shard_size, num_cpus=args.num_cpus, max_frames=args.max_frames,
+                     task_memory=args.task_memory)
+    quiet_ray()
     cfg = PreprocessConfig(
         dataset=args.dataset, src=args.src, out=args.out, splits=_splits(args.splits), short_side=args.short_side,
         quality=args.quality, shard_size=args.shard_size, decoder=args.decoder, max_failed=args.max_failed,
@@ -77,7 +92,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     result = verify(args.root, check_samples=not args.quick)
     for p in result.problems:
         print(f"MISMATCH {p}")
-    print(f"verified {result.shards_checked} shards, {result.samples_checked} samples: "
+    walked = ("sizes and sha256 only; --quick walks no samples" if args.quick
+              else f"{result.samples_checked} samples walked")
+    print(f"verified {result.shards_checked} shards ({walked}): "
           f"{'OK' if result.ok else f'{len(result.problems)} problem(s)'}")
     return 0 if result.ok else 1
 
@@ -98,6 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_sweep
     from pipeline.sweep import SweepConfig, run_sweep, trials_from_args
 
     trials, base = trials_from_args(args.grid, _splits(args.models))
@@ -106,6 +124,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, use_gpu=args.gpu,
                       address=args.address, num_cpus=args.num_cpus, shared_decode=args.shared_decode,
                       max_group=args.max_group)
+    check_sweep(cfg)
+    quiet_ray()
     results = run_sweep(cfg)
     failed = [r.trial for r in results if r.status != "finished"]
     if failed:
@@ -124,6 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
+    quiet_ray()
     return run_demo(args.workdir, fresh=args.fresh, train=not args.no_train)
 
 
@@ -156,35 +177,17 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig.for_dataset(args.dataset, args.shards, args.out, **overrides)
 
 
-def _figure(value, fmt: str = ".3f") -> str | None:
-    """A metric for a summary line, or None when it is missing or NaN (not evaluated / no labels)."""
-    import math
-
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
-
-
-def train_summary(cfg, m) -> str:
-    """The one-line summary of a training run (``m``: a RunResult); figures that were not computed say so
-    instead of printing ``nan``."""
-    top1, top5 = _figure(m.eval_video_top1), _figure(m.eval_video_top5)
-    if not cfg.final_eval:
-        evaluated = "final evaluation: not evaluated (--no-final-eval)"
-    elif top1 is None:
-        evaluated = "final evaluation: not evaluated"
-    else:
-        evaluated = f"video top1 {top1} top5 {top5}"
-    best = _figure(m.best_val_top1) if m.best_val_top1 is not None and m.best_val_top1 >= 0 else None
-    return (f"{cfg.model} on {cfg.dataset}: {m.epochs} epochs, {m.step} steps; {evaluated}; best val top1 "
-            f"{best or 'not evaluated'}; checkpoints: last {m.checkpoint}, best {m.best_checkpoint or 'none'}; "
-            f"metrics {cfg.out}/metrics.json")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_train
+
+    # checked before the heavy imports and before Ray starts: a mistake costs well under 2 s
+    cfg = check_train(_train_config(args), workers=args.workers, resume=args.resume, max_failures=args.max_failures,
+                      num_cpus=args.num_cpus)
+    quiet_ray()
     from training.evaluate import NonFiniteEvalError
     from training.loop import NonFiniteLossError
     from training.ray_train import run_training
 
-    cfg = _train_config(args)
     try:
         m = run_training(cfg, workers=args.workers, max_failures=args.max_failures, address=args.address,
                          resume=args.resume, num_cpus=args.num_cpus, resume_if_exists=args.resume_if_exists,
@@ -192,7 +195,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, NonFiniteEvalError) as exc:
         print(f"e3d {args.command}: {exc}", file=sys.stderr)
         return 3
-    print(train_summary(cfg, m))
+    from pipeline.logs import train_summary
+
+    print(train_summary(cfg.model, cfg.dataset, m, f"{cfg.out}/metrics.json", final_eval=cfg.final_eval))
     return 0
 
 
@@ -206,17 +211,22 @@ def eval_summary(m: EvaluationResult) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.checks import check_eval
     from training.evaluate import NonFiniteEvalError
     from training.ray_train import run_evaluation
 
+    split = check_eval(args.checkpoint, args.shards, split=args.split, workers=args.workers,
+                       batch_size=args.batch_size, num_cpus=args.num_cpus)
+    if args.workers > 1:
+        quiet_ray()
     try:
-        m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
+        m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=split,
                            batch_size=args.batch_size, use_gpu=args.gpu, address=args.address,
                            num_cpus=args.num_cpus)
     except NonFiniteEvalError as exc:
         print(f"e3d eval: error: {exc}", file=sys.stderr)
         return 3
-    print(eval_summary(m))
+    print(f"{eval_summary(m)} -- weights of {args.checkpoint}")
     return 0
 
 
@@ -396,14 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="delete the workdir first")
     s.add_argument("--no-train", action="store_true", help="preprocessing only (skip training and evaluation)")
     s.set_defaults(func=cmd_demo)
+    for s in sub.choices.values():
+        s.add_argument("-v", "--verbose", action="count", default=0,
+                       help="also show Ray's internal log lines (hidden by default)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logs(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        if isinstance(exc, KeyError) and type(exc).__name__ != "UnknownModelError":
+            raise  # a bug, not bad input: keep the traceback
         print(f"e3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `e3d models | head`: the reader left; no traceback, and none at exit either

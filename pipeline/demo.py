@@ -15,6 +15,10 @@ from preprocess.run import preprocess
 from preprocess.synth import SynthConfig, generate
 from shards.manifest import verify
 from shards.raycluster import init_ray
+from training.errors import InputError
+
+#: A file in the work directory saying the demo created it: ``--fresh`` deletes only such a directory.
+DEMO_MARKER = ".e3d-demo"
 
 DEMO_SYNTH = {
     "kinetics600": SynthConfig(num_classes=4, videos_per_class=6, seconds=3.0, seed=0),
@@ -36,11 +40,23 @@ TRAIN_OVERRIDES = {"model": "shufflenetv2_0.25x", "clip_len": 16, "size": 48, "b
                    "lr": 0.08, "schedule": "constant", "crop_scales": (1.0,), "loader_workers": 0, "log_every": 5}
 
 
-def run_demo(workdir: str, *, fresh: bool = False, train: bool = True) -> int:
-    work = Path(workdir)
+def prepare_workdir(work: Path, *, fresh: bool) -> Path:
+    """Create ``work``; with ``fresh`` delete it first, but only when this demo created it (its
+    :data:`DEMO_MARKER` is there) or it is empty: a mistyped ``--workdir`` never costs someone's files."""
     if fresh and work.exists():
+        if any(work.iterdir()) and not (work / DEMO_MARKER).exists():
+            raise InputError(f"--fresh would delete {work}, which e3d demo did not create (no {DEMO_MARKER} file "
+                             "in it); delete it yourself or pick another --workdir")
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    if not work.exists() or not any(work.iterdir()):
+        # only a folder this demo creates (or finds empty) is marked as deletable by a later --fresh
+        work.mkdir(parents=True, exist_ok=True)
+        (work / DEMO_MARKER).write_text("created by e3d demo; `e3d demo --fresh` may delete this folder\n")
+    return work
+
+
+def run_demo(workdir: str, *, fresh: bool = False, train: bool = True) -> int:
+    work = prepare_workdir(Path(workdir), fresh=fresh)
     started = init_ray()
     rows = []
     exit_code = 0

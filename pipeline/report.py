@@ -45,6 +45,9 @@ class TrialResult:
     decode_cpu_s_per_clip: float
     overrides: str = ""
     decode_group: str = ""  # the shared-decode group it trained in ("" when it trained alone)
+    num_classes: int = 0  # the class count params/mflops were counted with (the data's); 0: not recorded
+    params_600: int = 0  # the same model with Table 8's 600 classes (Kinetics-600); 0: not recorded
+    mflops_600: float = 0.0  # 0: not recorded
 
 
 SCHEMA = pa.schema([(f.name, {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}[f.type])
@@ -96,15 +99,36 @@ def markdown_table(results: Sequence[TrialResult]) -> str:
     """Table 8 layout: model, MFLOPs, params, speed, video top-1 and top-5, ordered by family then cost."""
     front = {results[i].trial for i in pareto_front([(r.mflops, r.video_top1) for r in results])}
     lines = [
-        "| Model | MFLOPs | Params | Speed (clips/s) | Top-1 (%) | Top-5 (%) | Clip top-1 (%) | Status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| Model | MFLOPs | Params | Speed (clips/s) | Top-1 (%) | Top-5 (%) | Clip top-1 (%) | Status "
+        "| MFLOPs @600 | Params @600 | Table 8: MFLOPs, params |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
+    paper = _table8()
     for r in sorted(results, key=lambda r: (r.model.split("_")[0], r.mflops, r.trial)):
         name = f"**{r.model}**" if r.trial in front else r.model
         lines.append(f"| {name}{f' ({r.overrides})' if r.overrides else ''} | {r.mflops:.0f} | {r.params / 1e6:.2f}M "
                      f"| {r.clips_per_s:.0f} | {_pct(r.video_top1)} | {_pct(r.video_top5)} | {_pct(r.clip_top1)} "
-                     f"| {r.status} |")
+                     f"| {r.status} | {f'{r.mflops_600:.0f}' if r.mflops_600 else '–'} "
+                     f"| {f'{r.params_600 / 1e6:.2f}M' if r.params_600 else '–'} "
+                     f"| {paper.get((r.model, r.overrides), '–')} |")
     return "\n".join(lines)
+
+
+def _table8() -> dict[tuple[str, str], str]:
+    """Table 8's printed figures by (registry name, overrides ""): "MFLOPs, params" as the paper prints them."""
+    from training.models import TABLE8
+
+    return {(e.name, ""): f"{e.paper_mflops}, {e.paper_params_m:.2f}M" for e in TABLE8}
+
+
+def class_note(results: Sequence[TrialResult]) -> str:
+    """Which class count the MFLOPs/Params columns used, and how the @600 and Table 8 columns relate."""
+    counts = sorted({r.num_classes for r in results if r.num_classes})
+    used = (f"the {' / '.join(map(str, counts))} classes of this dataset" if counts
+            else "this dataset's class count (not recorded in these results)")
+    return (f"MFLOPs and Params count each model with {used}: the classifier grows with the class count. "
+            "MFLOPs @600 and Params @600 count the same model with Table 8's 600 (Kinetics-600) classes, "
+            "comparable with the paper's figures in the last column (Table 8 rows only).")
 
 
 def build_report(root: str) -> tuple[str, str]:
@@ -123,7 +147,7 @@ def build_report(root: str) -> tuple[str, str]:
     md = [f"# Sweep report: {', '.join(dataset)}", "", markdown_table(results), "",
           "Bold: on the Pareto front of video top-1 against MFLOPs (paper convention, 3x16x112x112 input). "
           "Speed: inference clips/s at batch 8, channels_last_3d, measured by the sweep on its driver's device "
-          "(the setting of `e3d bench models`).", "",
+          "(the setting of `e3d bench models`).", "", class_note(results), "",
           f"Data cost: {total_decode:.1f} CPU-s of decoding for {total_clips} trained clips "
           f"= {1000 * total_decode / max(total_clips, 1):.2f} CPU-ms per clip."
           + (f" {sum(bool(r.decode_group) for r in results)} of {len(results)} trials trained in "

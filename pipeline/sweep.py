@@ -112,6 +112,8 @@ def load_grid(path: str) -> tuple[list[TrialSpec], dict[str, Any]]:
                 name = model + (f"_w{w}" if w is not None else "") + (f"_v{i}" if len(variants) > 1 else "")
                 trials.append(TrialSpec(_slug(name), model, kwargs, dict(ov)))
     for t in spec.get("trials") or []:
+        if not isinstance(t, dict) or not isinstance(t.get("model"), str):
+            raise ValueError(f"{path}: each entry of trials needs a model name, got {t!r}")
         t = dict(t)
         model = t.pop("model")
         kwargs = dict(t.pop("model_kwargs", {}) or {})
@@ -141,6 +143,13 @@ def _train_config(cfg: SweepConfig, trial: TrialSpec):
 def _trial_dir(cfg: SweepConfig, trial: TrialSpec) -> str:
     """``out/trials/<name>``: the trial's Ray Train run directory (local path or URI, like ``out``)."""
     return storage.join(storage.canonical(cfg.out), "trials", trial.name)
+
+
+def counts_classes(cfg: SweepConfig) -> int:
+    """The class count of the sweep's data (what the trained models' classifiers have)."""
+    from shards.manifest import read_dataset_info
+
+    return len(read_dataset_info(cfg.shards)["classes"])
 
 
 def _counts(trial: TrialSpec, num_classes: int) -> tuple[int, float, float]:
@@ -222,7 +231,8 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
     try:
         # An unfinished trial (or group) continues from its last checkpoint, a new one starts fresh, and one
         # whose run finished (metrics.json) but whose trial.json is missing is reported, not trained again.
-        runs = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume_if_exists=True, address=cfg.address)
+        runs = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume_if_exists=True, address=cfg.address,
+                         label=run_dir.rstrip("/").rsplit("/", 1)[-1])
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
         from training.result import RunResult
 
@@ -230,7 +240,7 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
     wall = time.monotonic() - t0
     results = []
     for trial, tcfg, run in zip(trials, tcfgs, runs, strict=True):
-        params, mflops, macs = counts[trial.name]
+        params, mflops, macs, params_600, mflops_600 = counts[trial.name]
         status = run.status
         result = TrialResult(
             trial=trial.name, model=trial.model, dataset=cfg.dataset, status=status, params=params, mflops=mflops,
@@ -242,6 +252,7 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
             decode_cpu_s_per_clip=decode_s / len(trials),
             overrides=",".join(f"{k}={v}" for k, v in sorted({**trial.model_kwargs, **trial.overrides}.items())),
             decode_group=run_dir.rsplit("/", 1)[-1] if grouped else "",
+            num_classes=counts_classes(cfg), params_600=params_600, mflops_600=mflops_600,
         )
         if status == "finished":
             storage.write_bytes_atomic(*storage.resolve(storage.join(tcfg.out, TRIAL_FILE)),
@@ -295,7 +306,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
     for t in cfg.trials:
         try:
             _train_config(cfg, t)
-            counts[t.name] = _counts(t, num_classes)
+            counts[t.name] = (*_counts(t, num_classes), *_counts(t, 600)[:2])  # + Table 8's 600-class figures
         except (ValueError, TypeError, KeyError) as exc:
             problems.append(f"{t.name}: {exc}")
     if problems:

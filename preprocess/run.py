@@ -70,8 +70,16 @@ class PreprocessSummary:
         fps = self.frames_decoded / self.wall_s if self.wall_s > 0 else 0.0
         lines.append(f"  unlisted files: {self.unlisted}; shards built {self.shards_built}, skipped (already done) "
                      f"{self.shards_skipped}, task errors {self.shard_errors}")
-        lines.append(f"  decoded {self.frames_decoded} frames in {self.wall_s:.1f} s = {fps:.0f} frames/s "
-                     f"({self.cpu_s:.1f} CPU-s in tasks)")
+        listed = sum(s.shards for s in self.splits)
+        if listed != self.shards_built + self.shards_skipped + self.shard_errors:
+            # UCF-101's three train/test splits list the same videos: a video is stored once, in one shard set
+            lines.append(f"  the splits list {listed} shards in all: splits share shard sets (a video in several "
+                         f"splits is stored once), so {self.shards_built + self.shards_skipped} shards hold them")
+        stride = get_adapter(self.dataset).stride
+        kept = (f"; {self.dataset} stores every {stride}{'nd' if stride == 2 else 'th'} frame (temporal stride "
+                f"{stride}), hence fewer stored frames above" if stride > 1 else "")
+        lines.append(f"  decoded {self.frames_decoded} frames in this run's {self.shards_built} built shards in "
+                     f"{self.wall_s:.1f} s = {fps:.0f} frames/s ({self.cpu_s:.1f} CPU-s in tasks){kept}")
         for reason, n in self.failure_reasons[:8]:
             lines.append(f"  failed x{n}: {reason}")
         verdict = "OK" if self.exit_code == 0 else "FAILED"

@@ -25,6 +25,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray Train's print patch sends each line a training worker prints both to stdout and through a logger:
+    # every line reached the console twice. Workers of an embedded Ray inherit this.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import TrialResult, build_report, markdown_table, pareto_front, read_results, write_results
+from pipeline.report import (
+    TrialResult,
+    build_report,
+    class_note,
+    markdown_table,
+    pareto_front,
+    read_results,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +45,12 @@ def test_markdown_marks_the_front_in_table8_layout():
     assert "**shufflenetv2_0.25x**" in md and "**mobilenetv2_1.0x**" in md
     assert "| shufflenetv2_1.0x |" in md  # dominated: not bold
     assert "| mobilenetv1_0.5x | 98 | 1.00M | 100 | – | – |" in md
+    # beside the data's class count: the 600-class figures (when recorded) and Table 8's printed ones
+    assert md.splitlines()[0].endswith("| MFLOPs @600 | Params @600 | Table 8: MFLOPs, params |")
+    assert "| – | – | 98, 1.17M |" in md  # not recorded here; the paper's row for mobilenetv1_0.5x
+    counted = markdown_table([dataclasses.replace(rows[0], num_classes=4, params_600=829_656, mflops_600=116.4)])
+    assert "| 116 | 0.83M | 116, 0.83M |" in counted
+    assert "the 4 classes of this dataset" in class_note([dataclasses.replace(rows[0], num_classes=4)])
 
 
 def test_report_round_trip_and_cli_rebuild(tmp_path):

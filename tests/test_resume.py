@@ -316,18 +316,19 @@ def test_resume_refuses_nothing_and_reports_a_finished_run_without_redoing_it(ti
 
 
 def test_train_summary_says_not_evaluated_instead_of_nan():
-    from pipeline.cli import train_summary
+    from pipeline.logs import train_summary
     from training.result import RunResult
 
-    cfg = TrainConfig.for_dataset("ucf101", "/s", "/o", model="m", final_eval=False)
     r = RunResult.from_metrics({"status": "finished", "epochs": 2, "step": 6, "best_val_top1": 0.5},
                                checkpoint="c", best_checkpoint="b")
-    line = train_summary(cfg, r)
-    assert "final evaluation: not evaluated (--no-final-eval)" in line and "best val top1 0.500" in line
-    assert "nan" not in line.lower()
-    line = train_summary(cfg.replace(final_eval=True), RunResult.from_metrics(
-        {"status": "finished", "eval_video_top1": 0.25, "eval_video_top5": 1.0}, checkpoint="c", best_checkpoint=None))
-    assert "video top1 0.250 top5 1.000" in line and "best val top1 not evaluated" in line and "best none" in line
+    text = train_summary("m", "ucf101", r, "/o/metrics.json", final_eval=False)
+    assert "final evaluation: not evaluated (--no-final-eval)" in text and "top1 0.500" in text
+    assert "nan" not in text.lower()
+    text = train_summary("m", "ucf101", RunResult.from_metrics(
+        {"status": "finished", "eval_video_top1": 0.25, "eval_video_top5": 1.0}, checkpoint="c", best_checkpoint=None),
+        "/o/metrics.json")
+    assert "video top1 0.250 top5 1.000" in text and "best validation: not evaluated" in text
+    assert "nan" not in text.lower()
 
 
 def restore_copies() -> set[str]:

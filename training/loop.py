@@ -55,6 +55,7 @@ from training.checkpoints import load_checkpoint, load_released_checkpoint, save
 from training.config import DATA_FIELDS, TrainConfig, resume_differences
 from training.data import ClipLoader, ClipNormalizer, ClipStream, normalization_for, shard_specs
 from training.data.normalize import InputConvention
+from training.ddp import wrap_ddp
 from training.evaluate import NonFiniteEvalError, evaluate, expected_clips, stored_convention, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
@@ -298,8 +299,7 @@ class Member:
         normalizer = ClipNormalizer(conv, channels_last=cfg.channels_last).to(device)
         memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
         raw = raw.to(device, memory_format=memory_format)
-        on_gpu = device.type == "cuda"
-        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if on_gpu else None) if ddp else raw
+        model = wrap_ddp(raw, device) if ddp else raw  # gradients laid out like their parameters
         # only the trainable parameters: frozen ones get no weight decay either
         optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=cfg.lr,
                                     momentum=cfg.momentum, dampening=cfg.dampening,
@@ -331,7 +331,7 @@ class Member:
         with torch.autocast(clips.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp and clips.is_cuda):
             logits = self.model(self.normalizer(clips))
         loss = hooks.loss(step, F.cross_entropy(logits.float(), y))
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=False)  # in place: DDP's gradients are views of its buckets
         loss.backward()
         return loss.detach(), _topk_hits(logits.detach(), y, 5)
 
@@ -601,6 +601,8 @@ def train_one_epoch(run: RunState, epoch: int) -> bool:
     for m in run.active():
         m.start_epoch()
     batches = iter(run.train_loader)
+    per_epoch = min(len(run.train_loader), cfg.max_steps_per_epoch or len(run.train_loader))
+    lead = run.members[0]
     try:
         while cfg.max_steps_per_epoch is None or run.train_loader.batches_done < cfg.max_steps_per_epoch:
             t0 = time.perf_counter()
@@ -609,6 +611,8 @@ def train_one_epoch(run: RunState, epoch: int) -> bool:
                 break
             if not _train_step(run, batch, epoch, time.perf_counter() - t0, t0):
                 return False
+            lead.obs.step_progress(epoch, cfg.epochs, run.train_loader.batches_done, per_epoch,
+                                   lead.meter.loss_sum / max(lead.meter.clips, 1))
             if run.prof is not None:
                 run.prof.step()
                 if run.step >= cfg.profile_steps + 1:  # warm-up + active steps recorded: write the trace now
@@ -734,8 +738,7 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
         if run.master:
             result["predictions"] = write_predictions(
                 storage.join(m.cfg.out, f"predictions_{val_split}.parquet"), r.predictions, run.classes)
-            print(f"{m.name + ': ' if run.grouped else ''}eval {val_split}: {r.videos} videos / {r.clips} clips: "
-                  f"{format_accuracy(r.video_top1, r.video_top5, r.clip_top1)}", flush=True)
+            # the figures are printed once, by the driver's summary (with the checkpoint they came from)
     if run.grouped and run.master:
         result["final_checkpoint"] = _final_checkpoint(run, m)
     m.obs.write_json("metrics.json", result)

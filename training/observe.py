@@ -24,6 +24,7 @@ import torch
 
 from shards import strict_json
 from shards.storage import DirMirror
+from training.progress import Progress, StepProgress
 
 
 class Observer:
@@ -44,6 +45,8 @@ class Observer:
         self.mirror: DirMirror | None = None
         #: local folder standing for ``out`` (``out`` itself when local); None on ranks other than 0
         self.dir: Path | None = None
+        #: the in-epoch bar (training.progress): drawn here on a terminal, tagged lines under Ray, else nothing
+        self.progress = StepProgress(enabled=enabled)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -61,15 +64,25 @@ class Observer:
 
     def epoch_line(self, epoch: int, epochs: int, step: int, train: Mapping[str, float],
                    val: Mapping[str, float] | None, lr: float, name: str | None = None) -> None:
-        """One console line per epoch (the progress report); ``name`` prefixes it (a member of a group)."""
+        """One console line per epoch (the progress report); ``name`` prefixes it (a member of a group; else
+        ``E3D_RUN_LABEL``, set for a sweep's concurrent trials)."""
         if not self.enabled:
             return
+        name = name or os.environ.get("E3D_RUN_LABEL") or None
+        self.progress.clear()
         line = (f"{name + ': ' if name else ''}epoch {epoch + 1}/{epochs} step {step}: loss {train['loss']:.4f} "
                 f"top1 {train['top1']:.3f} lr {lr:.2e} {train['clips_per_s']:.1f} clips/s "
                 f"data-wait {train['data_wait_frac']:.0%}")
         if val:
             line += f" | val loss {val['loss']:.4f} top1 {val['top1']:.3f} top5 {val['top5']:.3f}"
         self.print(line, flush=True)
+
+    def step_progress(self, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
+        """After each training step: ``epoch`` 0-based, ``batch`` steps done of ``batches`` in this epoch, mean
+        loss so far (nats). Rate-limited; a no-op off rank 0 or when no one watches."""
+        if self.enabled:
+            self.progress.update(Progress(epoch + 1, epochs, batch, batches, loss,
+                                          os.environ.get("E3D_RUN_LABEL", "")))
 
     def write_json(self, name: str, payload: Mapping[str, Any]) -> Path | None:
         """Write ``out/name`` atomically (temporary file + rename; on object storage one PUT); non-finite

@@ -21,6 +21,7 @@ checkpoints (epoch ends and every ``checkpoint_every_steps`` steps).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ import torch
 from shards import storage, strict_json
 from shards.raycluster import init_ray
 from training.config import TrainConfig
+from training.errors import NON_RETRYABLE, InputError
 from training.loop import (
     CHECKPOINT_FILE,
     PENDING_KIND,
@@ -93,7 +95,26 @@ class RaySession(Session):
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # uploaded synchronously by report()
 
 
+def _console(config: dict[str, Any]) -> None:
+    """In a worker: the driver's progress mode (training.progress), and plain ``print``. Ray Train's print
+    patch sends each printed line both to stdout and through a logger, so every line reached the console
+    twice; the driver turns it off with ``RAY_TRAIN_ENABLE_PRINT_PATCH=0`` for local workers, and this undoes
+    it on workers of a cluster that did not inherit that variable."""
+    import builtins
+    import sys
+
+    if config.get("progress"):
+        os.environ["E3D_PROGRESS"] = config["progress"]
+    if config.get("label"):  # concurrent runs (a sweep's trials) name their console lines
+        os.environ["E3D_RUN_LABEL"] = config["label"]
+    module = sys.modules.get(getattr(builtins.print, "__module__", None) or "")
+    original = getattr(module, "_original_print", None) if module is not None else None
+    if callable(original) and module.__name__.startswith("ray."):
+        builtins.print = original
+
+
 def _train_worker(config: dict[str, Any]) -> None:
+    _console(config)
     train_group(config["members"], RaySession(), config.get("hooks"), config.get("overrides") or ())
 
 
@@ -151,14 +172,70 @@ def check_resumable(cfg: TrainConfig, run_dir: str, *, workers: int, overrides: 
                          f"--workers {loader['world_size']} (the worker count may change at an epoch boundary)")
 
 
+def input_error_of(exc: BaseException) -> BaseException | None:
+    """The bad-input exception (:data:`training.errors.NON_RETRYABLE`) behind a Ray Train failure, if any.
+
+    A ``WorkerGroupError`` maps ranks to ``RayTaskError`` wrappers that are also instances of the worker's
+    exception type; when one rank fails on bad input the others often fail with collateral errors (a closed
+    connection), so any rank's bad-input error decides."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for _, err in sorted(failures.items()):
+        cause = getattr(err, "cause", None) or err
+        if isinstance(cause, NON_RETRYABLE) or isinstance(err, NON_RETRYABLE):
+            return cause if isinstance(cause, BaseException) else err
+    return None
+
+
+def _failure_policy(policy):
+    """Ray Train's default failure policy, except that a bad-input error (retrying cannot help) is raised at
+    once instead of restarting the workers ``max_failures`` times."""
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+
+    class InputAwarePolicy(type(policy)):
+        def make_decision(self, training_failed_error):
+            if input_error_of(training_failed_error) is not None:
+                return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    policy.__class__ = InputAwarePolicy
+    return policy
+
+
+def _trainer_class():
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        # The controller is built from these keyword arguments; the private hook is pinned with ray==2.60.0.
+        def _initialize_and_run_controller(self, **kwargs):
+            if "failure_policy" in kwargs:
+                kwargs["failure_policy"] = _failure_policy(kwargs["failure_policy"])
+            return super()._initialize_and_run_controller(**kwargs)
+
+    return Trainer
+
+
+def _fit(trainer, what: str):
+    """``trainer.fit()``; a bad-input failure in a worker comes back as one :class:`InputError` line."""
+    from ray.train import TrainingFailedError
+
+    try:
+        return trainer.fit()
+    except TrainingFailedError as exc:
+        cause = input_error_of(exc)
+        if cause is not None:
+            raise InputError(" ".join(f"{what} failed on a worker: {type(cause).__name__}: {cause}".split())
+                             ) from None
+        raise RuntimeError(f"{what} failed: {exc}") from exc
+
+
 def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, run_dir: str, max_failures: int,
              keep_best: bool):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig
 
     ckpt_cfg = (CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order="max")
                 if keep_best else CheckpointConfig(num_to_keep=1))
-    return TorchTrainer(
+    return _trainer_class()(
         fn,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -166,7 +243,10 @@ def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, ru
                                      resources_per_worker=None if use_gpu else {"CPU": 1}),
         # num_to_keep=1 with a score keeps the best checkpoint; Ray always keeps the latest one as well.
         run_config=RunConfig(name=run_dir.rsplit("/", 1)[1], storage_path=run_dir.rsplit("/", 1)[0],
-                             failure_config=FailureConfig(max_failures=max_failures), checkpoint_config=ckpt_cfg),
+                             failure_config=FailureConfig(max_failures=max_failures), checkpoint_config=ckpt_cfg,
+                             # Ray Train's own INFO lines (TrainingReport dumps, ...) only with `e3d -v`
+                             logging_config=LoggingConfig(
+                                 log_level="INFO" if os.environ.get("E3D_VERBOSE", "0") != "0" else "WARNING")),
     )
 
 
@@ -200,7 +280,7 @@ def run_training(cfg: TrainConfig, *, workers: int = 2, max_failures: int = 1, a
 def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, max_failures: int = 1,
               address: str | None = None, resume: bool = False, num_cpus: int | None = None,
               hooks: Hooks | None = None, resume_if_exists: bool = False,
-              overrides: Sequence[str] = ()) -> list[RunResult]:
+              overrides: Sequence[str] = (), label: str | None = None) -> list[RunResult]:
     """Train several models from one decode pass (:func:`training.loop.train_group`) as one Ray Train run
     whose checkpoints live in ``run_dir``; each member's metrics, TensorBoard and predictions go to its own
     ``out``. With one config whose ``out`` is ``run_dir`` this is :func:`run_training`.
@@ -232,9 +312,11 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
     started = init_ray(address, num_cpus=num_cpus)
     try:
         trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs], "hooks": hooks,
-                                           "overrides": list(overrides)}, workers=workers,
+                                           "overrides": list(overrides), "progress": os.environ.get("E3D_PROGRESS", ""),
+                                           "label": label or ""},
+                           workers=workers,
                            use_gpu=cfgs[0].use_gpu, run_dir=run_dir, max_failures=max_failures, keep_best=True)
-        result = trainer.fit()
+        result = _fit(trainer, "training")
     finally:
         if started:
             import ray
@@ -301,8 +383,8 @@ def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, 
         fs, path = storage.resolve(run_dir)
         if storage.exists(fs, path):
             fs.delete_dir(path)  # an evaluation is never resumed
-        result = _trainer(_eval_worker, kwargs, workers=workers, use_gpu=use_gpu, run_dir=run_dir,
-                          max_failures=0, keep_best=False).fit()
+        result = _fit(_trainer(_eval_worker, kwargs, workers=workers, use_gpu=use_gpu, run_dir=run_dir,
+                               max_failures=0, keep_best=False), "evaluation")
     finally:
         if started:
             import ray
