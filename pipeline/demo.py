@@ -26,17 +26,23 @@ DEMO_MAX_FAILED = 0.5
 
 # Training stage: a larger synthetic Jester (its classes differ only by motion direction) so that a small model
 # has enough distinct videos to learn motion rather than memorise appearances; CPU-sized model and clips.
-# The settings of tests/test_learns.py, which proves held-out video top-1 >= 0.6 with them (4 classes).
+# The settings of tests/test_learns.py, which checks the mean held-out video top-1 over seeds with them.
 TRAIN_SYNTH = SynthConfig(num_classes=4, videos_per_class=60, seed=3, bad_inputs=False)
 TRAIN_SHORT_SIDE = 48
 TRAIN_WORKERS = 2
 # Full-short-side training crops (``crop_scales``): at 48 px a half-side crop of the wide Jester frames often
 # misses the moving patch; the paper's five scales stay the default elsewhere.
-TRAIN_OVERRIDES = {"model": "shufflenetv2_0.25x", "clip_len": 16, "size": 48, "batch_size": 16, "epochs": 45,
-                   "lr": 0.08, "schedule": "constant", "crop_scales": (1.0,), "loader_workers": 0, "log_every": 5}
+TRAIN_BASE = {"model": "shufflenetv2_0.25x", "clip_len": 16, "size": 48, "batch_size": 16, "crop_scales": (1.0,),
+              "loader_workers": 0, "log_every": 5}
+# The stable recipe (bench/README.md, "Learning"): precise BatchNorm before each validation, linear warm-up
+# from lr/10 then a step-wise cosine; the paper's SGD otherwise. Its lr is 4x the paper's: with the released
+# optimizer's dampening 0.9 the step is ~lr·g, and at batch 16 on 240 videos the paper's 0.1 learns too slowly
+# for a 4-minute demo.
+STABLE_RECIPE = {"lr": 0.4, "schedule": "cosine", "warmup_epochs": 3, "precise_bn": 8, "epochs": 30}
+TRAIN_OVERRIDES = {**TRAIN_BASE, **STABLE_RECIPE}
 
 
-def run_demo(workdir: str, *, fresh: bool = False, train: bool = True) -> int:
+def run_demo(workdir: str, *, fresh: bool = False, train: bool = True, seed: int = 0) -> int:
     work = Path(workdir)
     if fresh and work.exists():
         shutil.rmtree(work)
@@ -63,7 +69,7 @@ def run_demo(workdir: str, *, fresh: bool = False, train: bool = True) -> int:
             exit_code = max(exit_code, summary.exit_code, 0 if check.ok else 1)
             rows.append((dataset, summary, check, t_synth))
         if train:
-            training = _train_and_eval(work)
+            training = _train_and_eval(work, seed)
     finally:
         if started:
             import ray
@@ -84,7 +90,7 @@ def run_demo(workdir: str, *, fresh: bool = False, train: bool = True) -> int:
     return exit_code
 
 
-def _train_and_eval(work: Path):
+def _train_and_eval(work: Path, seed: int = 0):
     """Synthetic Jester → Ray preprocessing → Ray Train on 2 workers → evaluation of the best checkpoint."""
     from training.config import TrainConfig
     from training.ray_train import run_evaluation, run_training
@@ -98,9 +104,12 @@ def _train_and_eval(work: Path):
                                           splits=("train", "validation"), short_side=TRAIN_SHORT_SIDE,
                                           shard_size=16, progress=False))
     t_data = time.monotonic() - t0
-    cfg = TrainConfig.for_dataset("jester", str(shards), str(work / "runs" / "jester-shufflenetv2"), **TRAIN_OVERRIDES)
+    name = "jester-shufflenetv2" + (f"-seed{seed}" if seed else "")
+    cfg = TrainConfig.for_dataset("jester", str(shards), str(work / "runs" / name), **{**TRAIN_OVERRIDES, "seed": seed})
     print(f"\n== training {cfg.model} on {TRAIN_WORKERS} Ray Train workers "
-          f"({cfg.clip_len}x{cfg.size}x{cfg.size} clips, global batch {cfg.batch_size}, {cfg.epochs} epochs) ==",
+          f"({cfg.clip_len}x{cfg.size}x{cfg.size} clips, global batch {cfg.batch_size}, {cfg.epochs} epochs, seed "
+          f"{cfg.seed}; stable recipe: lr {cfg.lr} warm-up {cfg.warmup_epochs} epochs + cosine, precise BN over "
+          f"{cfg.precise_bn} batches) ==",
           flush=True)
     t0 = time.monotonic()
     run = run_training(cfg, workers=TRAIN_WORKERS, resume=True)  # a rerun continues (or just re-evaluates)
@@ -126,5 +135,7 @@ def _print_training(cfg, summary, m, ev, times) -> None:
                     ("best", {k[5:]: v for k, v in ev.items() if k.startswith("eval_")})):
         print(f"{name:<12}{ev['split']:<12}{r['videos']:>7}{r['clips']:>7}{r['video_top1']:>11.3f}"
               f"{r['video_top5']:>11.3f}{r['clip_top1']:>10.3f}{chance:>8.2f}")
+    print(f"last: {m.metrics.get('eval_weights')}; best: epoch {m.metrics.get('best_epoch')} of {m.epochs} by "
+          f"validation video top-1 {m.metrics.get('best_val_top1', float('nan')):.3f} ({m.best_checkpoint})")
     print(f"data {t_data:.0f} s, training {t_train:.0f} s, evaluation {t_eval:.0f} s; run directory {cfg.out} "
           f"(tensorboard --logdir {cfg.out}/tensorboard); predictions {ev.get('predictions')}")

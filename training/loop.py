@@ -47,9 +47,12 @@ from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
 from training.config import DATA_FIELDS, TrainConfig
 from training.data import ClipLoader, ClipNormalizer, ClipStream, normalization_for, shard_specs
+from training.ema import ModelEMA
 from training.evaluate import evaluate, expected_clips, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
+from training.precise_bn import update_bn_stats
+from training.schedule import scaled_lr, warmup_cosine
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -184,8 +187,12 @@ def set_train_mode(model: nn.Module, frozen_norms: list[nn.Module]) -> None:
         m.eval()
 
 
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    """The lr schedule, stepped once per epoch (plateau: with the validation loss)."""
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int = 1):
+    """The lr schedule: stepped once per epoch (plateau: with the validation loss), except ``cosine``, which
+    is stepped after every optimizer step (``steps_per_epoch`` of them per epoch on each worker)."""
+    if cfg.schedule == "cosine":
+        return warmup_cosine(optimizer, total_steps=cfg.epochs * steps_per_epoch,
+                             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "plateau":
         # "Reduced ×gamma at most N times" = a floor at lr·gamma^N; the tiny slack absorbs rounding in the
         # repeated multiplications so the N-th reduction is not refused.
@@ -242,28 +249,36 @@ class Member:
     result: dict[str, Any] | None = None  # final metrics; set early when the member stopped (non-finite loss)
     meter: Meter = field(default_factory=Meter)
     window: Meter = field(default_factory=Meter)
+    ema: ModelEMA | None = None  # the weights validation and evaluation use when ``cfg.ema`` is on
+    best_epoch: int | None = None  # 0-based epoch of the best validation score
+    history: list[dict[str, float]] = field(default_factory=list)  # per validation: epoch, video_top1, loss
 
     @classmethod
-    def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, *, ddp: bool, master: bool) -> Member:
-        """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer and schedule."""
+    def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, *, ddp: bool, master: bool,
+              steps_per_epoch: int = 1) -> Member:
+        """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer (lr scaled by
+        ``cfg.lr_scaling``), schedule and, with ``cfg.ema``, the moving average of the weights."""
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
         raw, pretrained_norm = build_model(cfg, num_classes)
         frozen_norms: list[nn.Module] = []
         if cfg.finetune == "last-layer":
             frozen_norms = freeze_all_but(raw, head_keys(cfg.model, **_builder_kwargs(cfg)))
         norm_name = cfg.normalization or pretrained_norm
+        channels_last = cfg.uses_channels_last(device.type)
         normalizer = ClipNormalizer(normalization_for(cfg.dataset, checkpoint=norm_name),
-                                    channels_last=cfg.channels_last).to(device)
-        memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+                                    channels_last=channels_last).to(device)
+        memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         raw = raw.to(device, memory_format=memory_format)
         on_gpu = device.type == "cuda"
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if on_gpu else None) if ddp else raw
         # only the trainable parameters: frozen ones get no weight decay either
-        optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=cfg.lr,
+        lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
+        optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=lr,
                                     momentum=cfg.momentum, dampening=cfg.dampening,
                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-        return cls(cfg, raw, model, optimizer, make_scheduler(cfg, optimizer), normalizer, norm_name,
-                   frozen_norms, Observer(cfg.out, enabled=master))
+        return cls(cfg, raw, model, optimizer, make_scheduler(cfg, optimizer, steps_per_epoch), normalizer,
+                   norm_name, frozen_norms, Observer(cfg.out, enabled=master),
+                   ema=ModelEMA(raw, cfg.ema) if cfg.ema else None)
 
     @property
     def name(self) -> str:
@@ -277,6 +292,25 @@ class Member:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation, the final evaluation and a checkpoint's loadable model use: the EMA when
+        on, else the model itself."""
+        return self.ema.module if self.ema is not None else self.raw
+
+    def frozen_norms_of(self, model: nn.Module) -> list[nn.Module]:
+        """``frozen_norms`` as the same-named layers of ``model`` (the EMA copy has its own modules)."""
+        names = {id(mod): n for n, mod in self.raw.named_modules()}
+        wanted = {names[id(mod)] for mod in self.frozen_norms}
+        return [mod for n, mod in model.named_modules() if n in wanted]
+
+    def after_step(self) -> None:
+        """After each optimizer step: a step-wise schedule steps, the EMA takes in the new weights."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.raw)
 
     def start_epoch(self) -> None:
         set_train_mode(self.raw, self.frozen_norms)
@@ -311,7 +345,7 @@ class Member:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if val_loss is not None:
                 self.scheduler.step(val_loss)
-        elif self.scheduler is not None:
+        elif self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
             self.scheduler.step()
 
     def stop_nonfinite(self, loss_value: float, step: int, epoch: int, master: bool) -> None:
@@ -327,7 +361,9 @@ class Member:
         """Everything of this member a checkpoint holds (plain values and tensors)."""
         return {"model": self.cfg.model, "out": self.cfg.out, "state_dict": self.raw.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "best": self.best, "normalization": self.norm_name,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None, "best_epoch": self.best_epoch,
+                "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any], what: str) -> None:
         if state["model"] != self.cfg.model:
@@ -337,7 +373,13 @@ class Member:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{what} holds no EMA weights; this run has ema={self.cfg.ema}")
+            self.ema.load_state_dict(state["ema"])
         self.best = float(state["best"])
+        self.best_epoch = state.get("best_epoch")
+        self.history = list(state.get("history") or [])
 
 
 CHECKPOINT_VERSION = 2
@@ -375,7 +417,9 @@ class RunState:
     train_loader: ClipLoader
     val_specs: list
     members: list[Member]
+    train_specs: list = field(default_factory=list)
     step: int = 0
+    precise_bn_step: int | None = None  # the step at which BatchNorm statistics were last recomputed
     resumed_at: int | None = None
     prof_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     prof: Any = None
@@ -421,15 +465,19 @@ def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> RunState:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune conv algorithms once
     classes = list(read_dataset_info(cfg.shards)["classes"])
     train_split, val_split = cfg.splits
+    train_specs = shard_specs(cfg.shards, train_split, videos=False)
     train_loader = ClipLoader(
-        ClipStream(shard_specs(cfg.shards, train_split, videos=False),
-                   cfg.loader_config("train", batch_size=cfg.per_worker_batch(world))),
+        ClipStream(train_specs, cfg.loader_config("train", batch_size=cfg.per_worker_batch(world))),
         # Each DataLoader iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a mid-epoch resume replays exactly the dropout masks of an uninterrupted run.
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
     val_specs = shard_specs(cfg.shards, val_split, videos=True)
-    members = [Member.build(c, len(classes), device, ddp=ddp, master=master) for c in cfgs]
-    return RunState(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members)
+    steps = len(train_loader)
+    if cfg.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    members = [Member.build(c, len(classes), device, ddp=ddp, master=master, steps_per_epoch=steps) for c in cfgs]
+    return RunState(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members,
+                    train_specs)
 
 
 def restore(run: RunState) -> None:
@@ -462,7 +510,8 @@ def checkpoint(run: RunState, tag: str, metrics: dict[str, Any], score: float) -
         extra = {"version": CHECKPOINT_VERSION, "members": [m.state_dict() for m in run.members],
                  "train_config": run.cfg.to_dict(), "step": run.step, "loader": run.train_loader.state_dict(),
                  "rng": torch.get_rng_state(), "normalization": lead.norm_name, "classes": run.classes}
-        save_checkpoint(ckpt_dir / CHECKPOINT_FILE, lead.raw, epoch=run.train_loader.epoch,
+        # the loadable model is the one validation scored (the EMA when on); members[0] holds the raw weights
+        save_checkpoint(ckpt_dir / CHECKPOINT_FILE, lead.eval_model, epoch=run.train_loader.epoch,
                         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, extra=extra)
     run.session.report({**metrics, "score": score, "step": run.step}, ckpt_dir, tag)
 
@@ -483,6 +532,7 @@ def _train_step(run: RunState, batch: dict[str, torch.Tensor], epoch: int, wait_
             m.stop_nonfinite(loss.item(), run.step, epoch, run.master)
         else:
             m.optimizer.step()
+            m.after_step()
     if not run.active():
         return False
     run.step += 1
@@ -524,23 +574,61 @@ def train_one_epoch(run: RunState, epoch: int) -> bool:
     return True
 
 
+def precise_bn(run: RunState, epoch: int) -> None:
+    """With ``precise_bn`` N: every active member's evaluation weights get BatchNorm statistics averaged over
+    N training batches of ``epoch`` (this worker's share; the ranks' averages are combined), one decode pass
+    for the whole group. Skipped when already done at this step (the final evaluation right after the last
+    validation; a resume at the end, whose checkpoint holds the recomputed statistics)."""
+    n = run.cfg.precise_bn
+    if not n or run.precise_bn_step == run.step:
+        return
+    members = run.active()
+    loader = ClipLoader(ClipStream(run.train_specs, run.cfg.loader_config(
+        "train", batch_size=run.cfg.per_worker_batch(run.world))), generator=torch.Generator().manual_seed(
+            run.cfg.seed + 1))
+    loader.set_epoch(epoch)
+    batches = iter(loader)
+    try:
+        update_bn_stats([m.eval_model for m in members],
+                        (b["clips"].to(run.device, non_blocking=True) for b in batches), n,
+                        prepare=[m.normalizer for m in members],
+                        skip=[bn for m in members for bn in m.frozen_norms_of(m.eval_model)])
+    finally:
+        batches.close()
+    run.precise_bn_step = run.step
+
+
 def _validate(run: RunState, m: Member) -> dict[str, float]:
-    """One centre clip per validation video: loss, top-1, top-5 (clip level)."""
+    """One centre clip per validation video (the evaluation weights): loss, clip top-1/top-5 and video top-1
+    (the same videos; a video whose clip was corrupt is left out of the video figure)."""
     loader, expected = run.eval_loader("val")
-    r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
+    r = evaluate(m.eval_model, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
                  amp=m.cfg.amp and run.device.type == "cuda")
-    return {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5}
+    return {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5, "video_top1": r.video_top1}
+
+
+def checkpoint_score(val: dict[str, float] | None) -> float:
+    """What makes a checkpoint "best": validation video top-1 over the centre clips, ties broken by the lower
+    validation loss. The loss enters as ``1e-9 · min(loss, 1000)`` (at most 1e-6), below the smallest step of
+    top-1 for fewer than a million videos, so it never outweighs one video. -1 without validation."""
+    if val is None:
+        return -1.0
+    loss = val["loss"] if math.isfinite(val["loss"]) else 1e3
+    return val["video_top1"] - 1e-9 * min(loss, 1e3)
 
 
 def end_of_epoch(run: RunState, epoch: int) -> None:
     """Per member: validate, step the schedule, log and keep the best score; then one checkpoint for the
-    group, scored by the members' mean validation top-1 (which Ray keeps as "best").
+    group, scored by the members' mean :func:`checkpoint_score` (which Ray keeps as "best"). With
+    ``precise_bn`` the BatchNorm statistics are recomputed first, so validation and the checkpoint use them.
 
     The checkpoint comes last (not before validation) on purpose: it holds the stepped schedules and best
     scores, and its score is this epoch's validation, so a resume repeats nothing and skips nothing."""
     cfg = run.cfg
     scores, metrics = [], {"epoch": epoch, "kind": "epoch"}
     validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+    if validate:
+        precise_bn(run, epoch)  # before validation, hence before the checkpoint it scores
     for m in run.active():
         train = m.last_train = m.meter.reduced(run.world)
         val = _validate(run, m) if validate else None
@@ -554,8 +642,11 @@ def end_of_epoch(run: RunState, epoch: int) -> None:
         if val is not None:
             m.obs.scalars(run.step, {"val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"]})
         m.obs.flush()
-        score = val["top1"] if val is not None else -1.0
-        m.best = max(m.best, score)
+        score = checkpoint_score(val)
+        if val is not None:
+            m.history.append({"epoch": epoch, "video_top1": val["video_top1"], "loss": val["loss"]})
+        if score > m.best:  # m.best: the best checkpoint score so far
+            m.best, m.best_epoch = score, epoch
         scores.append(score)
         mine = {"train_loss": train["loss"], "train_top1": train["top1"], "clips_per_s": train["clips_per_s"],
                 "data_wait_frac": train["data_wait_frac"], "lr": m.lr}
@@ -568,7 +659,7 @@ def end_of_epoch(run: RunState, epoch: int) -> None:
 def _final_checkpoint(run: RunState, m: Member) -> str:
     """A plain checkpoint of one group member in ``out/checkpoint.pt``, loadable and evaluable on its own."""
     local = Path(tempfile.mkdtemp(prefix="e3d-final-")) / CHECKPOINT_FILE
-    save_checkpoint(local, m.raw, epoch=run.cfg.epochs, optimizer=None, metrics={},
+    save_checkpoint(local, m.eval_model, epoch=run.cfg.epochs, optimizer=None, metrics={},
                     extra={"train_config": m.cfg.to_dict(), "step": run.step, "normalization": m.norm_name,
                            "classes": run.classes})
     fs, path = storage.resolve(storage.join(m.cfg.out, CHECKPOINT_FILE))
@@ -581,7 +672,16 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
     """One member's final metrics: every window of every validation video (video-level accuracy,
     predictions) when ``final_eval``, plus the last epoch's training and validation figures."""
     cfg, val_split = run.cfg, run.cfg.splits[1]
-    result: dict[str, Any] = {"status": "finished", "epochs": cfg.epochs, "step": run.step, "best_val_top1": m.best,
+    best = next((h for h in m.history if h["epoch"] == m.best_epoch), None)
+    # which weights the final evaluation below used: always the last step's (the best checkpoint is
+    # best_epoch's; `e3d evaluate` scores it), as the EMA or not, with recomputed BN statistics or not
+    stats = f"precise over {cfg.precise_bn} batches" if cfg.precise_bn else "running"
+    weights = (f"last (epoch {cfg.epochs}, step {run.step}; {f'EMA {m.cfg.ema}' if m.ema else 'raw'} weights; "
+               f"BN statistics {stats})")
+    result: dict[str, Any] = {"status": "finished", "epochs": cfg.epochs, "step": run.step,
+                              "best_val_top1": best["video_top1"] if best else -1.0,
+                              "best_epoch": None if m.best_epoch is None else m.best_epoch + 1,
+                              "eval_weights": weights, "val_history": list(m.history),
                               "world_size": run.world, "model": m.cfg.model, "dataset": cfg.dataset,
                               "resumed_at_step": run.resumed_at}
     if run.grouped:
@@ -593,8 +693,8 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
         result.update({f"val_{k}": v for k, v in m.last_val.items()})
     if cfg.final_eval:
         loader, expected = run.eval_loader("eval")
-        r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
-                     amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
+        r = evaluate(m.eval_model, loader, m.normalizer, run.device, num_classes=len(run.classes),
+                     expected=expected, amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
         result.update(r.metrics("eval_"))
         result["eval_split"] = val_split
         m.obs.scalars(run.step, {"eval/video_top1": r.video_top1, "eval/video_top5": r.video_top5,
@@ -603,7 +703,10 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
             result["predictions"] = write_predictions(
                 storage.join(m.cfg.out, f"predictions_{val_split}.parquet"), r.predictions, run.classes)
             print(f"{m.name + ': ' if run.grouped else ''}eval {val_split}: {r.videos} videos / {r.clips} clips: "
-                  f"video top1 {r.video_top1:.3f} top5 {r.video_top5:.3f}, clip top1 {r.clip_top1:.3f}", flush=True)
+                  f"video top1 {r.video_top1:.3f} top5 {r.video_top5:.3f}, clip top1 {r.clip_top1:.3f}; "
+                  f"weights: {weights}; "
+                  f"best checkpoint: epoch {result['best_epoch']} (validation video top1 "
+                  f"{result['best_val_top1']:.3f})", flush=True)
     if run.grouped and run.master:
         result["final_checkpoint"] = _final_checkpoint(run, m)
     m.obs.write_json("metrics.json", result)
@@ -645,6 +748,8 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
             if not train_one_epoch(run, epoch):
                 break
             end_of_epoch(run, epoch)
+    if run.cfg.final_eval and run.active():
+        precise_bn(run, run.cfg.epochs - 1)
     for m in run.active():
         m.result = final_evaluation(run, m)
     run.session.report(run.members[0].result, None, None)
