@@ -32,6 +32,7 @@ from typing import Any
 
 from pipeline.demo import STABLE_RECIPE, TRAIN_BASE, TRAIN_SHORT_SIDE, TRAIN_SYNTH
 from preprocess.config import PreprocessConfig
+from preprocess.ray_tasks import run_tasks_local
 from preprocess.run import preprocess
 from preprocess.synth import generate
 
@@ -49,7 +50,8 @@ def make_data(root: Path) -> Path:
         generate("jester", src, TRAIN_SYNTH, overwrite=True)
         (src / ".synth-done").write_text("ok\n")
     preprocess(PreprocessConfig(dataset="jester", src=str(src), out=str(shards), splits=("train", "validation"),
-                                short_side=TRAIN_SHORT_SIDE, shard_size=16, progress=False))
+                                short_side=TRAIN_SHORT_SIDE, shard_size=16, progress=False),
+               executor=run_tasks_local)  # in this process: the runs below start their own Ray
     return shards
 
 
@@ -58,19 +60,27 @@ def first_epoch_at(history: list[dict[str, float]], level: float) -> int | None:
     return next((int(h["epoch"]) + 1 for h in history if h["video_top1"] >= level), None)
 
 
-def run_one(shards: Path, out: Path, recipe: str, seed: int, workers: int, epochs: int) -> dict[str, Any]:
+def run_one(shards: Path, out: Path, recipe: str, seed: int, workers: int, epochs: int, in_process: bool = False
+            ) -> dict[str, Any]:
+    """One run; ``in_process`` (1 worker only) calls the loop directly instead of through Ray Train."""
     from training.config import TrainConfig
+    from training.loop import train_loop
     from training.ray_train import run_training
 
     cfg = TrainConfig.for_dataset("jester", str(shards), str(out / f"{recipe}-w{workers}-s{seed}"),
                                   **{**TRAIN_BASE, **RECIPES[recipe], "epochs": epochs, "seed": seed,
                                      "log_every": 1000})
     t0 = time.monotonic()
-    run = run_training(cfg, workers=workers, resume=True)
-    return {"recipe": recipe, "workers": workers, "seed": seed, "epochs": epochs,
-            "eval_video_top1": run.eval_video_top1,
-            "first_epoch_0.9": first_epoch_at(run.metrics["val_history"], 0.9),
-            "best_val_video_top1": run.best_val_top1, "wall_s": round(time.monotonic() - t0, 1)}
+    if in_process:
+        if workers != 1:
+            raise ValueError("--in-process runs one worker")
+        m = train_loop(cfg)
+    else:
+        m = run_training(cfg, workers=workers, resume=True).metrics
+    return {"recipe": recipe, "workers": workers, "seed": seed, "epochs": epochs, "ray": not in_process,
+            "eval_video_top1": m["eval_video_top1"], "first_epoch_0.9": first_epoch_at(m["val_history"], 0.9),
+            "best_val_video_top1": m["best_val_top1"], "best_epoch": m["best_epoch"],
+            "wall_s": round(time.monotonic() - t0, 1)}
 
 
 def summarise(rows: list[dict[str, Any]]) -> str:
@@ -91,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", default="1,2")
+    p.add_argument("--data", default=None, help="data folder (default: OUT/data); several benchmarks may share one")
+    p.add_argument("--in-process", action="store_true",
+                   help="1 worker without Ray (train_loop called directly): the same loop, less start-up")
     p.add_argument("--epochs", type=int, default=STABLE_RECIPE["epochs"], help="the same budget for every recipe")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shards = make_data(out / "data")
+    shards = make_data(Path(args.data) if args.data else out / "data")
     results = out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     for recipe in args.recipes.split(","):
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         == (recipe, workers, seed, args.epochs)]
                 if done:
                     continue
-                row = run_one(shards, out / "runs", recipe, seed, workers, args.epochs)
+                row = run_one(shards, out / "runs", recipe, seed, workers, args.epochs, args.in_process)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 with results.open("a") as f:

@@ -1,8 +1,13 @@
 """The training loop as a short driver over small named steps, in the spirit of nanoGPT's ``train.py`` and timm's
 ``train_one_epoch``/``validate``::
 
-    train_group: setup → restore → per epoch: train_one_epoch → end_of_epoch (validate → schedule → checkpoint)
-                 → final_evaluation (per member)
+    train_group: setup → restore → per epoch: train_one_epoch → end_of_epoch (precise_bn → validate → schedule
+                 → checkpoint) → precise_bn → final_evaluation (per member)
+
+The stable recipe's parts (issue 12) sit at these points: a step-wise schedule (``cosine``) and the weights'
+EMA advance in :meth:`Member.after_step`; :func:`precise_bn` recomputes BatchNorm statistics before
+validation and the final evaluation; validation, evaluation and a checkpoint's loadable model use
+:attr:`Member.eval_model` (the EMA when on); :func:`checkpoint_score` decides which checkpoint is best.
 
 A :class:`Member` owns one model and what belongs to it alone: forward/backward/optimizer step, lr schedule,
 best score, meters, TensorBoard writer and ``state_dict``/``load_state_dict``. :func:`train_loop` trains one
