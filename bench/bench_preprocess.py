@@ -10,7 +10,8 @@ a busy CPU is not counted; variants are interleaved round-robin and the median o
 
 Variants (all at short side 128 unless named):
 
-* ours (av)      — ``process_shard``: in-process decode, scale, JPEG encode, tar, sha256, record
+* ours (av)      — ``process_shard``: decode (PyAV, in the shard task's long-lived decode process), scale,
+  JPEG encode, spool, tar, sha256, record
 * ours (ffmpeg)  — the same with the ffmpeg-binary decoder (``--decoder ffmpeg``)
 * ffmpeg null    — ``ffmpeg -threads 1 -i v -vf scale=-2:128 -c:v mjpeg -q:v 2 -f null -``
 * classic 128    — ``ffmpeg -i v -vf scale=-2:128 -q:v 2 dir/image_%05d.jpg`` + counting frames per folder
@@ -40,9 +41,13 @@ from preprocess.shard_task import plan_shards, process_shard  # noqa: E402
 
 
 def cpu_seconds() -> float:
+    """CPU seconds of this process, its reaped children, and the long-lived decode process (which is not
+    reaped between videos, so it reports its own CPU time per video)."""
+    from preprocess.isolate import shared_worker
+
     s = resource.getrusage(resource.RUSAGE_SELF)
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + shared_worker().cpu_s
 
 
 def make_videos(d: Path, n: int) -> list[Path]:

@@ -11,6 +11,13 @@ KubeRay manifests (``RayCluster``, ``RayJob``) have no schema in the ray package
 Ray, a head group, worker groups with GPU limits, one image everywhere, the shared data volume mounted
 at the same path on every pod, and an entrypoint for a ``RayJob``.
 
+Security (issue: no open door): every configuration starts Ray with token authentication
+(``RAY_AUTH_MODE=token``; the token from a Kubernetes Secret or the user's ``~/.ray/auth_token``, never from
+the repository); a dashboard on a public address without it is reported as such. KubeRay pods run non-root
+without privilege escalation or a service-account token, under a NetworkPolicy that keeps Ray's ports
+(6379, 10001, 8265) to the cluster's own pods (8265 also to peers the user names). The Dockerfile pins its
+base image by digest; nothing downloads a script into a shell.
+
 This module never imports ``pipeline`` (see ``tests/test_layering.py``).
 """
 
@@ -28,6 +35,14 @@ CLUSTER_DIR = Path(__file__).resolve().parent
 REPO_ROOT = CLUSTER_DIR.parent
 LAUNCHER_YAMLS = ("local.yaml", "aws-gpu.yaml")
 KUBERAY_MANIFESTS = ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml")
+NETWORK_POLICY = "kuberay/networkpolicy.yaml"
+DOCKERFILE = "kuberay/Dockerfile"
+# Ray's client ports the NetworkPolicy must keep inside the cluster: GCS, Ray Client server, dashboard/Jobs API.
+RAY_PORTS = (6379, 10001, 8265)
+DASHBOARD_PORT = 8265
+POD_LABEL = ("app.kubernetes.io/part-of", "efficient3d")
+TOKEN_FILE = "~/.ray/auth_token"
+_PIPE_TO_SHELL = re.compile(r"\b(curl|wget)\b[^\n|]*\|\s*(sudo\s+)?(env\s+[^|]*?)?\b(sh|bash|zsh|python3?)\b")
 
 KUBERAY_API_VERSION = "ray.io/v1"
 KUBERAY_KINDS = ("RayCluster", "RayJob")
@@ -126,12 +141,144 @@ def launcher_problems(raw: Mapping[str, Any], *, code_mount: str = "~/efficient3
         if not any(path_line in c and ".bashrc" in c for c in commands.splitlines()):
             problems.append(f"{role} setup: {path_line} is not added to ~/.bashrc")
 
+    problems += _launcher_security_problems(raw, local_root)
+
     if require_gpu_workers:
         head = raw.get("head_node_type")
         gpu_types = [name for name, nt in (raw.get("available_node_types") or {}).items()
                      if name != head and (nt.get("resources") or {}).get("GPU", 0) > 0]
         if not gpu_types:
             problems.append("available_node_types: no worker node type declares GPU resources")
+    return problems
+
+
+def _launcher_security_problems(raw: Mapping[str, Any], local_root: str | Path) -> list[str]:
+    """Token authentication on every node (and for drivers on the head), the token synced from outside the
+    repository, no downloaded script piped into a shell, no token written into a command."""
+    problems = []
+    common = [str(c) for c in raw.get("setup_commands") or []]
+    exported = any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in common)
+    for role in ("head", "worker"):
+        starts = [str(c) for c in raw.get(f"{role}_start_ray_commands") or []]
+        ray_starts = [c for c in starts if re.search(r"\bray start\b", c)]
+        if not exported and not all("RAY_AUTH_MODE=token" in c for c in ray_starts):
+            problems.append(f"{role}_start_ray_commands: Ray starts without token authentication "
+                            f"(RAY_AUTH_MODE=token is neither exported in ~/.bashrc nor set on `ray start`)")
+            if role == "head" and any(re.search(r"--dashboard-host[= ](?!127\.0\.0\.1|localhost)\S+", c)
+                                      for c in ray_starts):
+                problems.append(f"head_start_ray_commands: the dashboard and Jobs API (port {DASHBOARD_PORT}) listen "
+                                "on a public address without authentication: anyone who reaches the head can run code")
+    mounts = raw.get("file_mounts") or {}
+    token_src = mounts.get(TOKEN_FILE)
+    if token_src is None:
+        problems.append(f"file_mounts: the token is not synced to {TOKEN_FILE} on every node")
+    else:
+        src = Path(str(token_src)).expanduser()
+        src = src if src.is_absolute() else Path(local_root) / src
+        root = Path(local_root).resolve()
+        if src.resolve() == root or root in src.resolve().parents:
+            problems.append(f"file_mounts: {TOKEN_FILE} <- {token_src} lies inside the repository; keep the token "
+                            "out of it (e.g. ~/.ray/auth_token from `ray get-auth-token --generate`)")
+    every = [str(c) for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                                "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+             for c in raw.get(key) or []]
+    for c in every:
+        if _PIPE_TO_SHELL.search(c):
+            problems.append(f"a downloaded script is piped into a shell: {c!r}")
+        if re.search(r"RAY_AUTH_TOKEN=(?!\$)\S", c):
+            problems.append(f"a literal token in a command (it would be in the repository): {c[:60]!r}...")
+    return problems
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    """The base image pinned by digest (``FROM image:tag@sha256:<64 hex>``), nothing piped into a shell."""
+    problems = []
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    if not froms:
+        problems.append("no FROM line")
+    for image in froms:
+        if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", image):
+            problems.append(f"FROM {image}: not pinned by digest (image:tag@sha256:<64 hex digits>)")
+    for line in text.splitlines():
+        if _PIPE_TO_SHELL.search(line):
+            problems.append(f"a downloaded script is piped into a shell: {line.strip()!r}")
+    return problems
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {e.get("name"): e for e in container.get("env") or [] if isinstance(e, Mapping)}
+
+
+def pod_security_problems(template: Mapping[str, Any] | None, where: str, *, token_auth_by_operator: bool = False,
+                          dashboard_public: bool = False) -> list[str]:
+    """Token auth env from a Secret, non-root without privilege escalation, no service-account token, and
+    the label the NetworkPolicy selects, for one pod template."""
+    problems = []
+    template = template or {}
+    spec = template.get("spec") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if labels.get(POD_LABEL[0]) != POD_LABEL[1]:
+        problems.append(f"{where}.metadata.labels: no {POD_LABEL[0]}: {POD_LABEL[1]} (the NetworkPolicy selects it)")
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append(f"{where}.spec.automountServiceAccountToken: not false (Ray needs no Kubernetes API token)")
+    if (spec.get("securityContext") or {}).get("runAsNonRoot") is not True:
+        problems.append(f"{where}.spec.securityContext.runAsNonRoot: not true")
+    for i, c in enumerate(spec.get("containers") or []):
+        cw = f"{where}.spec.containers[{i}]"
+        sc = c.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{cw}.securityContext.allowPrivilegeEscalation: not false")
+        if sc.get("privileged"):
+            problems.append(f"{cw}.securityContext.privileged: true")
+        if token_auth_by_operator:
+            continue
+        env = _env(c)
+        mode = (env.get("RAY_AUTH_MODE") or {}).get("value")
+        token = env.get("RAY_AUTH_TOKEN") or {}
+        if mode != "token":
+            problems.append(f"{cw}: Ray runs without token authentication (env RAY_AUTH_MODE is {mode!r}, not 'token')")
+            if dashboard_public and i == 0:
+                problems.append(f"{cw}: the dashboard and Jobs API (port {DASHBOARD_PORT}) listen on 0.0.0.0 without "
+                                "authentication: anyone who reaches the pod can run code")
+        if "value" in token:
+            problems.append(f"{cw}: RAY_AUTH_TOKEN is written into the manifest; take it from a Secret (secretKeyRef)")
+        elif not ((token.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name"):
+            problems.append(f"{cw}: RAY_AUTH_TOKEN does not come from a Secret (valueFrom.secretKeyRef)")
+    return problems
+
+
+def _port_numbers(rule: Mapping[str, Any]) -> set[int] | None:
+    """The ports an ingress rule admits; None for every port."""
+    ports = rule.get("ports")
+    if not ports:
+        return None
+    return {int(p["port"]) for p in ports if isinstance(p, Mapping) and str(p.get("port", "")).isdigit()}
+
+
+def networkpolicy_problems(doc: Mapping[str, Any]) -> list[str]:
+    """The NetworkPolicy selects the Ray pods and admits Ray's ports (6379, 10001, 8265) only from those pods,
+    except 8265 (dashboard / Jobs API) from peers the user names."""
+    if not isinstance(doc, Mapping) or doc.get("kind") != "NetworkPolicy":
+        return ["not a NetworkPolicy"]
+    spec = doc.get("spec") or {}
+    problems = []
+    if ((spec.get("podSelector") or {}).get("matchLabels") or {}).get(POD_LABEL[0]) != POD_LABEL[1]:
+        problems.append(f"spec.podSelector: does not select {POD_LABEL[0]}: {POD_LABEL[1]}")
+    if "Ingress" not in (spec.get("policyTypes") or []):
+        problems.append("spec.policyTypes: no Ingress")
+    own = {"podSelector": {"matchLabels": {POD_LABEL[0]: POD_LABEL[1]}}}
+    for i, rule in enumerate(spec.get("ingress") or []):
+        peers = rule.get("from")
+        ports = _port_numbers(rule)
+        outside = [p for p in peers or [{}] if p != own]
+        if not outside:
+            continue  # the cluster's own pods: any port
+        admitted = set(RAY_PORTS) if ports is None else ports & set(RAY_PORTS)
+        if admitted - {DASHBOARD_PORT}:
+            problems.append(f"spec.ingress[{i}]: admits port(s) {sorted(admitted - {DASHBOARD_PORT})} from outside "
+                            "the cluster's pods")
+        if any("ipBlock" in p for p in outside) and DASHBOARD_PORT in admitted:
+            problems.append(f"spec.ingress[{i}]: admits the dashboard from an ipBlock; name pods or namespaces")
     return problems
 
 
@@ -201,6 +348,22 @@ def kuberay_problems(doc: Mapping[str, Any], *, ray_version: str | None = None,
     head = cluster.get("headGroupSpec")
     if not isinstance(head, Mapping):
         return [*problems, f"{prefix}.headGroupSpec: missing"]
+    by_operator = ((cluster.get("authOptions") or {}).get("mode") == "token")  # KubeRay >= 1.5.1 injects the env
+    head_params = head.get("rayStartParams") or {}
+    public = str(head_params.get("dashboard-host", "127.0.0.1")) not in ("127.0.0.1", "localhost")
+    problems += pod_security_problems(head.get("template"), f"{prefix}.headGroupSpec.template",
+                                      token_auth_by_operator=by_operator, dashboard_public=public)
+    for i, g in enumerate(cluster.get("workerGroupSpecs") or []):
+        if isinstance(g, Mapping):
+            problems += pod_security_problems(g.get("template"), f"{prefix}.workerGroupSpecs[{i}].template",
+                                              token_auth_by_operator=by_operator)
+    if kind == "RayJob" and spec.get("submissionMode", "K8sJobMode") == "K8sJobMode" and not by_operator:
+        sub = spec.get("submitterPodTemplate")
+        if not isinstance(sub, Mapping):
+            problems.append("spec.submitterPodTemplate: missing; the submitter pod needs the token to reach the "
+                            "Jobs API")
+        else:
+            problems += pod_security_problems(sub, "spec.submitterPodTemplate")
     images: set[str] = set()
     head_containers = _containers(head.get("template"))
     if not head_containers:
@@ -267,13 +430,20 @@ def validate_kuberay_manifest(path: str | Path, *, ray_version: str | None = Non
     return doc
 
 
+ALL_CONFIGS = (*LAUNCHER_YAMLS, *KUBERAY_MANIFESTS, NETWORK_POLICY, DOCKERFILE)
+
+
 def check_all(root: str | Path = CLUSTER_DIR, *, names: Iterable[str] | None = None) -> dict[str, list[str]]:
     """Every configuration under ``root``: ``{relative path: problems}`` (Ray's error counts as one)."""
     root = Path(root)
     results: dict[str, list[str]] = {}
-    for name in names or (*LAUNCHER_YAMLS, *KUBERAY_MANIFESTS):
+    for name in names or ALL_CONFIGS:
         path = root / name
-        if name in LAUNCHER_YAMLS:
+        if name == DOCKERFILE:
+            problems = dockerfile_problems(path.read_text(encoding="utf-8"))
+        elif name == NETWORK_POLICY:
+            problems = networkpolicy_problems(load_yaml(path))
+        elif name in LAUNCHER_YAMLS:
             try:
                 validate_launcher_yaml(path)
                 problems = launcher_problems(load_yaml(path), require_gpu_workers=name != "local.yaml")
@@ -285,10 +455,14 @@ def check_all(root: str | Path = CLUSTER_DIR, *, names: Iterable[str] | None = N
     return results
 
 
-def main() -> int:
-    """``python -m cluster.configs``: check every configuration in ``cluster/``; non-zero on any problem."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cluster.configs [DIR]``: check every configuration in ``cluster/`` (or a copy of it in
+    DIR); non-zero on any problem."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
     bad = 0
-    for name, problems in check_all().items():
+    for name, problems in check_all(args[0] if args else CLUSTER_DIR).items():
         print(f"{name}: {'OK' if not problems else ''}")
         for p in problems:
             print(f"  {p}")

@@ -15,7 +15,7 @@ if __package__ in (None, ""):
     # Run as a plain script (``python pipeline/cli.py``): make the repository's packages importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training.config import DATASETS  # noqa: E402  (a light module: dataclasses only)
+from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
 
 
 def _splits(text: str | None) -> tuple[str, ...]:
@@ -42,14 +42,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from preprocess.config import PreprocessConfig
+    from preprocess.isolate import InfrastructureError
     from preprocess.run import preprocess
+    from shards.lease import LeaseHeld
 
     cfg = PreprocessConfig(
         dataset=args.dataset, src=args.src, out=args.out, splits=_splits(args.splits), short_side=args.short_side,
         quality=args.quality, shard_size=args.shard_size, decoder=args.decoder, max_failed=args.max_failed,
-        timeout_s=args.timeout, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+        timeout_s=args.timeout, max_frames=args.max_frames, task_memory_mb=args.task_memory, address=args.address,
+        num_cpus=args.num_cpus, progress=not args.no_progress, force_unlock=args.force_unlock,
     )
-    summary = preprocess(cfg)
+    try:
+        summary = preprocess(cfg)
+    except LeaseHeld as exc:
+        print(f"e3d preprocess: error: {exc}", file=sys.stderr)
+        return 2
+    except InfrastructureError as exc:
+        print(f"e3d preprocess: error: infrastructure failure, run stopped: {exc}\n"
+              "  No video was marked failed for it; finished shards are kept. Fix the cause and rerun the same "
+              "command to resume.", file=sys.stderr)
+        return 3
     print(summary.format())
     return summary.exit_code
 
@@ -259,10 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decoder", choices=("av", "ffmpeg"), default="av",
                    help="av: FFmpeg libraries in-process (fast); ffmpeg: the ffmpeg binary via ffmpeg-python")
     s.add_argument("--max-failed", type=float, default=0.05, help="tolerated fraction of failed videos")
-    s.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per video")
+    s.add_argument("--timeout", type=float, default=600.0,
+                   help="hard wall-clock limit per video in seconds (a stuck decoder is killed; default 600)")
+    s.add_argument("--max-frames", type=int, default=108_000,
+                   help="stored frames per video at most; longer videos are cut (default 108000 = 1 h at 30/s)")
+    s.add_argument("--task-memory", type=int, default=1024, help="MiB each shard task declares to Ray (default 1024)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     s.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--force-unlock", action="store_true",
+                   help="take over a stale lock on --out left by a run on another host that is known to be dead")
     s.set_defaults(func=cmd_preprocess)
 
     s = sub.add_parser("verify", help="re-check every shard against the manifests")

@@ -13,6 +13,9 @@ class PreprocessConfig:
     ``short_side`` is in pixels (frames are never upscaled); ``quality`` is the JPEG quality (1–100) of
     re-encoded frames; ``shard_size`` is videos per shard (None: the dataset's default); ``max_failed`` is
     the largest tolerated fraction of failed videos among those attempted before the run exits non-zero.
+    ``timeout_s`` is the hard wall-clock limit per video (seconds); ``max_frames`` caps the stored frames of one
+    video (the rest is not decoded, and the manifest row says so); ``task_memory_mb`` is the memory (MiB) each
+    shard task declares to Ray's scheduler.
     """
 
     dataset: str
@@ -25,9 +28,12 @@ class PreprocessConfig:
     decoder: str = "av"
     max_failed: float = 0.05
     timeout_s: float = 600.0
+    max_frames: int = 108_000  # 1 h at 30 stored frames/s
+    task_memory_mb: int = 1024
     address: str | None = None
     num_cpus: int | None = None
     progress: bool = True
+    force_unlock: bool = False  # take over a stale lease on ``out`` (see shards.lease)
 
     def __post_init__(self):
         if self.short_side is not None and self.short_side < 16:
@@ -38,10 +44,19 @@ class PreprocessConfig:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if not 0.0 <= self.max_failed <= 1.0:
             raise ValueError(f"max_failed must be a fraction in [0, 1], got {self.max_failed}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.task_memory_mb < 64:
+            raise ValueError(f"task_memory_mb must be >= 64 MiB, got {self.task_memory_mb}")
 
     def output_fields(self) -> dict:
         """The fields that determine the shards' bytes (saved in dataset.json; run-only fields left out)."""
         d = dataclasses.asdict(self)
-        for k in ("src", "out", "splits", "address", "num_cpus", "progress", "max_failed", "timeout_s"):
+        for k in ("src", "out", "splits", "address", "num_cpus", "progress", "max_failed", "timeout_s",
+                  "task_memory_mb", "force_unlock"):
             d.pop(k)
+        if d["max_frames"] == PreprocessConfig.max_frames:
+            d.pop("max_frames")  # outputs written before the cap existed keep matching
         return d

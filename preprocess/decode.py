@@ -53,9 +53,49 @@ class VideoProbe:
     has_audio: bool
 
 
+class FrameSink:
+    """Where encoded frames go: kept in a list (default) or appended to a spool file (``path``).
+
+    A spooled video costs one JPEG of memory at a time whatever its length; ``sizes`` lists every stored
+    frame's byte count either way, so the ``.jpgs`` offsets can be built without the bytes.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.jpegs: list[bytes] = []
+        self.sizes: list[int] = []
+        self._f = open(path, "wb") if path else None  # noqa: SIM115 - closed by close()
+
+    def add(self, jpeg: bytes) -> None:
+        if self._f is not None:
+            self._f.write(jpeg)
+        else:
+            self.jpegs.append(jpeg)
+        self.sizes.append(len(jpeg))
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def reset(self) -> None:
+        """Forget every frame (a fallback decoder starts over)."""
+        self.jpegs.clear()
+        self.sizes.clear()
+        if self._f is not None:
+            self._f.seek(0)
+            self._f.truncate()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
 @dataclass
 class DecodedVideo:
-    """Decoded, resized, JPEG-encoded frames of one video (after the temporal stride)."""
+    """Decoded, resized, JPEG-encoded frames of one video (after the temporal stride).
+
+    ``jpegs`` holds the frames unless they went to a spool file (then it is empty); ``frame_sizes`` always
+    has one byte count per stored frame.
+    """
 
     jpegs: list[bytes]
     pts_ms: list[int]
@@ -66,6 +106,15 @@ class DecodedVideo:
     backend: str
     vfr: bool = False
     warnings: list[str] = field(default_factory=list)
+    frame_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def num_stored(self) -> int:
+        return len(self.frame_sizes)
+
+
+def _cap_warning(max_frames: int) -> str:
+    return f"truncated at {max_frames} stored frames (--max-frames)"
 
 
 def target_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -217,17 +266,24 @@ def _iter_frames_av(c, stream, warnings: list[str]) -> Iterator:
 
 
 def decode_av(path: str, *, short_side: int | None, quality: int, stride: int = 1,
-              timeout_s: float = DEFAULT_TIMEOUT_S) -> DecodedVideo:
-    """Decode a video in-process (PyAV), returning stride-sampled, resized JPEG frames."""
+              timeout_s: float = DEFAULT_TIMEOUT_S, sink: FrameSink | None = None,
+              max_frames: int | None = None) -> DecodedVideo:
+    """Decode a video in-process (PyAV), returning stride-sampled, resized JPEG frames.
+
+    Frames go to ``sink`` (a list by default); at most ``max_frames`` are stored (the rest of the video is
+    not decoded, and a warning says so).
+    """
     import av
 
     try:
-        return _decode_av(path, short_side=short_side, quality=quality, stride=stride, timeout_s=timeout_s)
+        return _decode_av(path, short_side=short_side, quality=quality, stride=stride, timeout_s=timeout_s,
+                          sink=sink if sink is not None else FrameSink(), max_frames=max_frames)
     except av.error.FFmpegError as exc:
         raise DecodeError(f"decoder error: {_ffmsg(exc)}") from exc
 
 
-def _decode_av(path: str, *, short_side: int | None, quality: int, stride: int, timeout_s: float) -> DecodedVideo:
+def _decode_av(path: str, *, short_side: int | None, quality: int, stride: int, timeout_s: float,
+               sink: FrameSink, max_frames: int | None) -> DecodedVideo:
     import av
 
     warnings: list[str] = []
@@ -242,7 +298,6 @@ def _decode_av(path: str, *, short_side: int | None, quality: int, stride: int, 
         # One core per Ray task: frame threads would only add CPU time per frame.
         stream.thread_type = "NONE"
         stream.codec_context.thread_count = 1
-        jpegs: list[bytes] = []
         pts: list[float] = []
         scaler = None
         rotation = 0
@@ -257,21 +312,24 @@ def _decode_av(path: str, *, short_side: int | None, quality: int, stride: int, 
                     warnings.append(f"frame size changed mid-stream to {frame.width}x{frame.height}")
                 scaler = _Scaler(frame, rotation, out_w, out_h)
             if n % stride == 0:
+                if max_frames is not None and len(sink) >= max_frames:
+                    warnings.append(_cap_warning(max_frames))
+                    break
                 out = scaler(frame)
                 y, u, v = (np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in out.planes)
                 cw, ch = (out_w + 1) // 2, (out_h + 1) // 2
-                jpegs.append(encode_yuv420(y[:out_h, :out_w], u[:ch, :cw], v[:ch, :cw], quality))
+                sink.add(encode_yuv420(y[:out_h, :out_w], u[:ch, :cw], v[:ch, :cw], quality))
                 t = frame.time if frame.time is not None else n / (probe.fps or 25.0)
                 pts.append(t)
             n += 1
             if time.monotonic() - t0 > timeout_s:
-                raise DecodeError(f"decode timed out after {timeout_s:.0f} s ({n} frames)")
-    if not jpegs:
+                raise DecodeError(f"timeout after {timeout_s:g} s ({n} frames decoded)")
+    if not len(sink):
         detail = f" ({warnings[0]})" if warnings else ""
         raise DecodeError(f"no decodable video frame in {probe.codec} stream{detail}")
     probe = VideoProbe(**{**probe.__dict__, "rotation": rotation})
-    return DecodedVideo(jpegs, _pts_ms(pts), out_w, out_h, n, probe, "av", _is_vfr(pts, probe.fps / stride),
-                        warnings)
+    return DecodedVideo(list(sink.jpegs), _pts_ms(pts), out_w, out_h, n, probe, "av",
+                        _is_vfr(pts, probe.fps / stride), warnings, list(sink.sizes))
 
 
 def _pts_ms(times: list[float]) -> list[int]:
@@ -291,14 +349,21 @@ def _is_vfr(times: list[float], fps: float) -> bool:
 # ffmpeg binary backend (ffmpeg-python)
 
 
-def probe_ffmpeg(path: str) -> VideoProbe:
-    """Probe with ``ffprobe`` through ffmpeg-python; raises ``DecodeError`` with ffprobe's reason."""
-    import ffmpeg
+def probe_ffmpeg(path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> VideoProbe:
+    """Probe with ``ffprobe`` (killed after ``timeout_s``); raises ``DecodeError`` with ffprobe's reason."""
+    import json
 
+    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", path]
     try:
-        info = ffmpeg.probe(path)
-    except ffmpeg.Error as exc:
-        raise DecodeError(f"unreadable container: {_stderr_reason(exc.stderr, path)}") from None
+        proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise DecodeError(f"timeout after {timeout_s:g} s (ffprobe)") from None
+    if proc.returncode != 0:
+        raise DecodeError(f"unreadable container: {_stderr_reason(proc.stderr, path)}")
+    try:
+        info = json.loads(proc.stdout.decode("utf-8", "replace"))
+    except ValueError:
+        raise DecodeError("unreadable container: ffprobe printed no JSON") from None
     streams = info.get("streams", [])
     video = [s for s in streams if s.get("codec_type") == "video"]
     if not video:
@@ -341,11 +406,18 @@ def _stderr_reason(stderr: bytes | None, path: str = "") -> str:
 
 
 def decode_ffmpeg(path: str, *, short_side: int | None, quality: int, stride: int = 1,
-                  timeout_s: float = DEFAULT_TIMEOUT_S) -> DecodedVideo:
-    """Decode with the ffmpeg binary: ``ffmpeg.probe``, then a rawvideo full-range yuv420p pipe."""
+                  timeout_s: float = DEFAULT_TIMEOUT_S, sink: FrameSink | None = None,
+                  max_frames: int | None = None) -> DecodedVideo:
+    """Decode with the ffmpeg binary: ``ffprobe``, then a rawvideo full-range yuv420p pipe read one frame at
+    a time (memory does not grow with the video's length). ``sink`` and ``max_frames`` as in
+    :func:`decode_av`; the whole call is bounded by ``timeout_s`` (ffmpeg is killed when it runs over)."""
+    import tempfile
+
     import ffmpeg
 
-    probe = probe_ffmpeg(path)
+    t0 = time.monotonic()
+    sink = sink if sink is not None else FrameSink()
+    probe = probe_ffmpeg(path, timeout_s)
     if probe.width <= 0 or probe.height <= 0:
         raise DecodeError(f"video stream has no size ({probe.codec})")
     out_w, out_h = target_size(*_displayed_size(probe.width, probe.height, probe.rotation), short_side)
@@ -357,42 +429,82 @@ def decode_ffmpeg(path: str, *, short_side: int | None, quality: int, stride: in
         .global_args("-nostdin", "-hide_banner", "-v", "error", "-map_metadata", "-1")
     )
     args = ffmpeg.compile(stream, cmd="ffmpeg")
-    try:
-        proc = subprocess.run(args, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise DecodeError(f"ffmpeg timed out after {timeout_s:.0f} s") from None
     cw, ch = (out_w + 1) // 2, (out_h + 1) // 2
     frame_bytes = out_w * out_h + 2 * cw * ch
-    buf = np.frombuffer(proc.stdout, np.uint8)
-    n = len(buf) // frame_bytes
-    warnings = []
-    if proc.returncode != 0:
+    warnings: list[str] = []
+    capped = False
+    n = 0
+    # stderr goes to a file: a pipe nobody reads while stdout is drained could fill up and stall ffmpeg.
+    with tempfile.TemporaryFile() as err, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err) as proc:
+        try:
+            while True:
+                f = _read_exact(proc.stdout, frame_bytes, t0 + timeout_s)
+                if f is None:
+                    break
+                if n % stride == 0:
+                    if max_frames is not None and len(sink) >= max_frames:
+                        warnings.append(_cap_warning(max_frames))
+                        capped = True
+                        break
+                    buf = np.frombuffer(f, np.uint8)
+                    y = buf[: out_w * out_h].reshape(out_h, out_w)
+                    u = buf[out_w * out_h : out_w * out_h + cw * ch].reshape(ch, cw)
+                    v = buf[out_w * out_h + cw * ch :].reshape(ch, cw)
+                    sink.add(encode_yuv420(y, u, v, quality))
+                n += 1
+        except TimeoutError:
+            raise DecodeError(f"timeout after {timeout_s:g} s ({n} frames decoded)") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # timed out, capped, or an error above: never leave ffmpeg running
+            rc = proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    if rc != 0 and not capped:
         if n == 0:
-            raise DecodeError(f"no decodable video frame: {_stderr_reason(proc.stderr, path)}")
-        warnings.append(f"ffmpeg stopped early: {_stderr_reason(proc.stderr, path)}")
+            raise DecodeError(f"no decodable video frame: {_stderr_reason(stderr, path)}")
+        warnings.append(f"ffmpeg stopped early: {_stderr_reason(stderr, path)}")
     elif n == 0:
         raise DecodeError(f"no decodable video frame in {probe.codec} stream")
-    jpegs = []
-    for i in range(0, n, stride):
-        f = buf[i * frame_bytes : (i + 1) * frame_bytes]
-        y = f[: out_w * out_h].reshape(out_h, out_w)
-        u = f[out_w * out_h : out_w * out_h + cw * ch].reshape(ch, cw)
-        v = f[out_w * out_h + cw * ch :].reshape(ch, cw)
-        jpegs.append(encode_yuv420(y, u, v, quality))
     fps = probe.fps or 25.0
     # The rawvideo pipe carries no timestamps: nominal times from the average rate.
-    pts = [i / fps for i in range(0, n, stride)]
-    return DecodedVideo(jpegs, _pts_ms(pts), out_w, out_h, n, probe, "ffmpeg", False, warnings)
+    pts = [i / fps for i in range(0, n, stride)][: len(sink)]
+    return DecodedVideo(list(sink.jpegs), _pts_ms(pts), out_w, out_h, n, probe, "ffmpeg", False, warnings,
+                        list(sink.sizes))
+
+
+def _read_exact(pipe, nbytes: int, deadline: float) -> bytes | None:
+    """``nbytes`` from ``pipe``, or None at end of stream (a partial last frame is dropped).
+
+    Raises ``TimeoutError`` when ``deadline`` (``time.monotonic()``) passes first.
+    """
+    import select
+
+    chunks: list[bytes] = []
+    got = 0
+    fd = pipe.fileno()
+    while got < nbytes:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise TimeoutError
+        b = os.read(fd, min(nbytes - got, 1 << 20))
+        if not b:
+            return None
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
 
 
 BACKENDS = {"av": decode_av, "ffmpeg": decode_ffmpeg}
 
 
 def decode_video(path: str, *, short_side: int | None, quality: int, stride: int = 1, backend: str = "av",
-                 fallback: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S) -> DecodedVideo:
+                 fallback: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S, sink: FrameSink | None = None,
+                 max_frames: int | None = None) -> DecodedVideo:
     """Decode one video file with ``backend``; on failure retry once with the other backend.
 
-    Raises ``DecodeError`` whose message names the reason (both backends' when both fail).
+    Raises ``DecodeError`` whose message names the reason (both backends' when both fail). ``sink`` and
+    ``max_frames`` as in :func:`decode_av`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoder {backend!r}; valid: {sorted(BACKENDS)}")
@@ -400,14 +512,20 @@ def decode_video(path: str, *, short_side: int | None, quality: int, stride: int
         raise DecodeError("file not found")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
-    kw = dict(short_side=short_side, quality=quality, stride=stride, timeout_s=timeout_s)
+    sink = sink if sink is not None else FrameSink()
+    t0 = time.monotonic()
+    kw = dict(short_side=short_side, quality=quality, stride=stride, timeout_s=timeout_s, sink=sink,
+              max_frames=max_frames)
     try:
         return BACKENDS[backend](path, **kw)
     except DecodeError as first:
         other = "ffmpeg" if backend == "av" else "av"
         # A missing stream or an unreadable container is a fact of the file, not of the decoder.
-        if not fallback or str(first).startswith(("no video stream", "decode timed out")):
+        if not fallback or str(first).startswith(("no video stream", "timeout after")):
             raise
+        sink.reset()
+        # The fallback gets what is left of the video's time, not a fresh allowance.
+        kw["timeout_s"] = max(0.0, timeout_s - (time.monotonic() - t0))
         try:
             out = BACKENDS[other](path, **kw)
         except DecodeError as second:
@@ -430,12 +548,13 @@ def _frame_sort_key(name: str) -> tuple[int, str]:
 
 
 def decode_frame_folder(path: str, *, short_side: int | None, quality: int, stride: int = 1,
-                        fps: float = 12.0) -> DecodedVideo:
+                        fps: float = 12.0, sink: FrameSink | None = None,
+                        max_frames: int | None = None) -> DecodedVideo:
     """Repack a folder of numbered JPEG frames, keeping every ``stride``-th frame.
 
     Frames are copied byte for byte (each one is fully decoded once to reject corrupt files); they are
     re-encoded only when their short side exceeds ``short_side``. ``fps`` is the folder's native rate.
-    Raises ``DecodeError`` naming the bad frame file.
+    Raises ``DecodeError`` naming the bad frame file. ``sink`` and ``max_frames`` as in :func:`decode_av`.
     """
     import cv2
     import simplejpeg
@@ -446,7 +565,11 @@ def decode_frame_folder(path: str, *, short_side: int | None, quality: int, stri
     if not names:
         raise DecodeError("empty frame folder (no .jpg files)")
     kept = names[::stride]
-    jpegs: list[bytes] = []
+    warnings: list[str] = []
+    if max_frames is not None and len(kept) > max_frames:
+        kept = kept[:max_frames]
+        warnings.append(_cap_warning(max_frames))
+    sink = sink if sink is not None else FrameSink()
     size: tuple[int, int] | None = None
     out_w = out_h = 0
     for name in kept:
@@ -465,11 +588,12 @@ def decode_frame_folder(path: str, *, short_side: int | None, quality: int, stri
         elif (w, h) != size:
             raise DecodeError(f"frame {name} is {w}x{h}, earlier frames are {size[0]}x{size[1]}")
         if (out_w, out_h) == (w, h):
-            jpegs.append(data)
+            sink.add(data)
         else:
             small = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA)
-            jpegs.append(simplejpeg.encode_jpeg(small, quality=quality, colorspace="RGB", colorsubsampling="420"))
+            sink.add(simplejpeg.encode_jpeg(small, quality=quality, colorspace="RGB", colorsubsampling="420"))
     assert size is not None
     probe = VideoProbe("jpeg", size[0], size[1], fps, len(names) / fps, len(names), 0, False)
     pts = [i * stride / fps for i in range(len(kept))]
-    return DecodedVideo(jpegs, _pts_ms(pts), out_w, out_h, len(names), probe, "frames")
+    return DecodedVideo(list(sink.jpegs), _pts_ms(pts), out_w, out_h, len(names), probe, "frames", False, warnings,
+                        list(sink.sizes))

@@ -5,6 +5,7 @@ The executor is pluggable: Ray tasks by default (``preprocess.ray_tasks``), in-p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -16,14 +17,14 @@ from typing import Any
 
 from preprocess.config import PreprocessConfig
 from preprocess.datasets import Listing, get_adapter, shard_set_name
+from preprocess.isolate import InfrastructureError, is_infrastructure_errno
 from preprocess.ray_tasks import Executor
 from preprocess.shard_task import ShardTask, plan_shards
 from shards import manifest as mf
 from shards import storage
+from shards.datasets import dataset_spec
 from shards.format import FORMAT_VERSION, safe_key
-
-DEFAULT_SHARD_SIZE = {"kinetics600": 100, "ucf101": 64, "jester": 1000}
-NATIVE_FPS = {"jester": 12.0}
+from shards.lease import Lease, LeaseLost
 
 
 @dataclass(frozen=True)
@@ -79,18 +80,20 @@ class PreprocessSummary:
 
 def make_tasks(cfg: PreprocessConfig) -> tuple[Listing, list[ShardTask]]:
     adapter = get_adapter(cfg.dataset)
+    spec = dataset_spec(cfg.dataset)
     listing = adapter.list(cfg.src, cfg.splits or None)
     tasks = plan_shards(
         listing,
         src_root=str(storage.resolve(cfg.src)[1]),
         out_root=storage.canonical(cfg.out),
-        shard_size=cfg.shard_size or DEFAULT_SHARD_SIZE.get(cfg.dataset, 100),
+        shard_size=cfg.shard_size or spec.shard_size,
         short_side=cfg.short_side,
         quality=cfg.quality,
         stride=adapter.stride,
         decoder=cfg.decoder,
-        native_fps=NATIVE_FPS.get(cfg.dataset),
+        native_fps=spec.native_fps,
         timeout_s=cfg.timeout_s,
+        max_frames=cfg.max_frames,
     )
     return listing, tasks
 
@@ -105,17 +108,32 @@ def _progress(total: int, enabled: bool):
 def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> PreprocessSummary:
     """Run (or resume) preprocessing of one dataset and write its shards, manifests and dataset.json."""
     listing, tasks = make_tasks(cfg)
+    with _infrastructure(cfg.out):
+        lease = Lease(cfg.out, force_unlock=cfg.force_unlock).acquire()  # LeaseHeld: another run owns --out
+    try:
+        return _preprocess(cfg, listing, tasks, executor, lease)
+    except LeaseLost as exc:
+        raise InfrastructureError(str(exc)) from exc
+    finally:
+        lease.release()
+
+
+def _preprocess(cfg: PreprocessConfig, listing: Listing, tasks: list[ShardTask], executor: Executor | None,
+                lease: Lease) -> PreprocessSummary:
     fs, base = storage.resolve(cfg.out)
-    storage.makedirs(fs, base)
-    for sub in ("shards", "records", "manifest"):
-        storage.remove_stale_temporaries(fs, storage.join(base, sub))
+    with _infrastructure(cfg.out):
+        # Under the lease every temporary file belongs to a run that no longer holds it: stale.
+        for sub in ("shards", "records", "manifest"):
+            storage.remove_stale_temporaries(fs, storage.join(base, sub))
 
     started_ray = False
     if executor is None:
+        import functools
+
         from preprocess.ray_tasks import init_ray, run_tasks_ray
 
         started_ray = init_ray(cfg.address, cfg.num_cpus)
-        executor = run_tasks_ray
+        executor = functools.partial(run_tasks_ray, memory_bytes=cfg.task_memory_mb << 20)
     records: list[dict[str, Any]] = []
     built = skipped = errors = frames_decoded = 0
     cpu_s = 0.0
@@ -124,6 +142,10 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
     t_run = time.monotonic()
     try:
         for task, result in executor(tasks):
+            if isinstance(result, BaseException) and is_infrastructure(result):
+                # Disk full, permission denied, object store down: no video's fault, so none is marked
+                # failed; finished shards keep their records and a rerun resumes after the fix.
+                raise InfrastructureError(f"{task.shard_path}: {_first_line(result)}") from result
             if isinstance(result, BaseException):
                 errors += 1
                 result = _failed_record(task, result)
@@ -146,7 +168,8 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
             import ray
 
             ray.shutdown()
-    summary_splits = write_manifests(cfg, listing, records)
+    with _infrastructure(cfg.out):
+        summary_splits = write_manifests(cfg, listing, records, lease=lease)
     attempted = ok + failed + sum(1 for p in listing.problems if p.status == "failed")
     n_failed = failed + sum(1 for p in listing.problems if p.status == "failed")
     reasons = Counter(_reason_kind(v["reason"]) for r in records for v in r["videos"] if v["status"] == "failed")
@@ -170,6 +193,27 @@ def preprocess(cfg: PreprocessConfig, executor: Executor | None = None) -> Prepr
     )
 
 
+def is_infrastructure(exc: BaseException) -> bool:
+    """True for an error of the machine (see :class:`InfrastructureError`), also when Ray wraps it."""
+    cause = getattr(exc, "cause", None) or exc
+    return isinstance(cause, InfrastructureError) or is_infrastructure_errno(cause)
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
+
+
+@contextlib.contextmanager
+def _infrastructure(out: str):
+    """Turn storage errors of the driver (manifests, dataset.json) into :class:`InfrastructureError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise InfrastructureError(f"{out}: {type(exc).__name__}: {exc}") from exc
+
+
 def _reason_kind(reason: str) -> str:
     """The reason without its details (``unreadable container: <ffmpeg message>`` → ``unreadable container``)."""
     return re.split(r": | \(| \[", reason, maxsplit=1)[0]
@@ -184,9 +228,14 @@ def _failed_record(task: ShardTask, exc: BaseException) -> dict[str, Any]:
             "bytes": 0, "sha256": None, "videos": videos, "decoded_frames": 0, "skipped": False}
 
 
-def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[dict[str, Any]]
-                    ) -> tuple[SplitSummary, ...]:
-    """Write ``manifest/<split>/*.parquet`` for every split of this run, then ``dataset.json``."""
+def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[dict[str, Any]], *,
+                    lease: Lease | None = None) -> tuple[SplitSummary, ...]:
+    """Write ``manifest/<split>/*.parquet`` for every split of this run, then ``dataset.json``.
+
+    With ``lease``, each write first checks that this run still holds it (:class:`LeaseLost` otherwise), so
+    ``dataset.json``'s read-modify-write never interleaves with another run's.
+    """
+    check = lease.check if lease is not None else (lambda: None)
     per_split: dict[str, mf.Manifest] = defaultdict(mf.Manifest)
     sets_of_split: dict[str, set[str]] = defaultdict(set)
     for rec in sorted(records, key=lambda r: (r["shard_set"], r["index"])):
@@ -219,11 +268,14 @@ def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[d
     summaries = []
     for split in listing.splits:
         m = per_split[split]
+        check()
         mf.write_split(cfg.out, split, m)
         status = Counter(v.status for v in m.videos)
         summaries.append(SplitSummary(split, status["ok"], status["failed"], status["missing"], len(m.shards),
                                       sum(s.bytes for s in m.shards), sum(s.frames for s in m.shards)))
+    check()
     mf.write_split(cfg.out, "unlisted", unlisted)
+    check()
     _write_dataset_json(cfg, listing, {s: sorted(sets_of_split[s]) for s in listing.splits}, summaries)
     return tuple(summaries)
 

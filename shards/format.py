@@ -166,22 +166,22 @@ class TarSampleWriter:
         self._keys: set[str] = set()
 
     def write(self, key: str, label_index: int, meta: dict[str, Any], frames_blob: bytes) -> None:
+        self.write_stream(key, label_index, meta, io.BytesIO(frames_blob), len(frames_blob))
+
+    def write_stream(self, key: str, label_index: int, meta: dict[str, Any], frames: IO[bytes], nbytes: int) -> None:
+        """Like :meth:`write`, with the ``.jpgs`` member read from ``frames`` (``nbytes`` bytes, copied in
+        chunks: a long video never has to be in memory)."""
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r}")
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", key) or len(key) > MAX_KEY_LEN:
             raise ValueError(f"unsafe sample key {key!r}")
         offsets = meta.get("offsets")
-        if offsets is None or offsets[-1] != len(frames_blob):
-            raise ValueError(f"{key}: metadata offsets do not match the frames blob ({len(frames_blob)} B)")
+        if offsets is None or offsets[-1] != nbytes:
+            raise ValueError(f"{key}: metadata offsets do not match the frames blob ({nbytes} B)")
         self._keys.add(key)
-        members = {
-            META_EXT: meta_bytes(meta),
-            CLS_EXT: str(int(label_index)).encode("ascii"),
-            FRAMES_EXT: frames_blob,
-        }
-        for ext in MEMBER_ORDER:
-            data = members[ext]
+        for ext, data in ((META_EXT, meta_bytes(meta)), (CLS_EXT, str(int(label_index)).encode("ascii"))):
             self._tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+        self._tar.addfile(_tarinfo(f"{key}.{FRAMES_EXT}", nbytes), frames)
         self.count += 1
 
     def close(self) -> None:

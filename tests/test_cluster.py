@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -147,7 +149,8 @@ def test_launcher_problems_catch_a_missing_project_step(breakage):
 def test_the_yamls_agree_on_what_every_node_runs():
     local, aws = (configs.load_yaml(p) for p in (LAUNCHERS["local"], LAUNCHERS["aws-gpu"]))
     assert local["setup_commands"] == aws["setup_commands"]
-    assert local["file_mounts"] == aws["file_mounts"] == {"~/efficient3d": "."}
+    token = {"~/.ray/auth_token": "~/.ray/auth_token"}  # from the user's machine, never from the repository
+    assert local["file_mounts"] == aws["file_mounts"] == {"~/efficient3d": ".", **token}
     # ray submit's driver runs on the head: there, and only there, RAY_ADDRESS defaults to the local cluster.
     for cfg in (local, aws):
         assert any("RAY_ADDRESS" in c for c in cfg["head_setup_commands"])
@@ -155,7 +158,9 @@ def test_the_yamls_agree_on_what_every_node_runs():
 
 
 def test_check_all_reports_every_configuration_clean():
-    assert configs.check_all() == {name: [] for name in (*configs.LAUNCHER_YAMLS, *configs.KUBERAY_MANIFESTS)}
+    assert configs.check_all() == {name: [] for name in configs.ALL_CONFIGS}
+    assert set(configs.ALL_CONFIGS) >= {*configs.LAUNCHER_YAMLS, *configs.KUBERAY_MANIFESTS,
+                                        "kuberay/networkpolicy.yaml", "kuberay/Dockerfile"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def test_the_shared_volume_and_the_image():
     head = configs.load_yaml(RAYCLUSTER)["spec"]["headGroupSpec"]["template"]
     assert (pvc["metadata"]["name"], "/data") in configs._pvc_mounts(head)
     dockerfile = (CLUSTER / "kuberay" / "Dockerfile").read_text()
-    base = re.search(r"^FROM rayproject/ray:(\S+?)-py3\d+-gpu$", dockerfile, re.M)
+    base = re.search(r"^FROM rayproject/ray:(\S+?)-py3\d+-gpu@sha256:[0-9a-f]{64}$", dockerfile, re.M)
     assert base and base.group(1) == ray.__version__
     pin = re.search(r'"ray\[default\]==([^"]+)"', (REPO / "pyproject.toml").read_text())
     assert pin and pin.group(1) == ray.__version__
@@ -284,27 +289,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _answers(url: str) -> bool:
+def _status(url: str, token: str | None = None) -> int:
+    """The HTTP status of a GET (0 when nothing answers); ``token`` goes in an ``Authorization: Bearer`` header."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except OSError:
-        return False
+        return 0
+
+
+def _answers(url: str, token: str | None = None) -> bool:
+    return _status(url, token) == 200
 
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A real Ray head with its dashboard (Jobs API) on loopback, in its own process group.
 
-    Token auth is off on both sides (RAY_AUTH_MODE=disabled); the project's environment is first on the
-    head's PATH, as the launcher YAMLs arrange on a cluster. Torn down with SIGKILL to its process group —
-    never `ray stop`, which would stop every Ray on this machine.
+    Token authentication is on, as every configuration in cluster/ starts it (RAY_AUTH_MODE=token, the
+    token in RAY_AUTH_TOKEN); the project's environment is first on the head's PATH, as the launcher YAMLs
+    arrange. Torn down with SIGKILL to its process group — never `ray stop`, which would stop every Ray on
+    this machine.
     """
     gcs, dash = _free_port(), _free_port()
     temp_dir = f"/tmp/e3dhead2-{os.getpid()}"  # short: Ray's unix socket paths break when it is long
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     log = tmp_path_factory.mktemp("head") / "head.log"
     with log.open("wb") as f:
         proc = subprocess.Popen(
@@ -315,8 +331,8 @@ def head(tmp_path_factory):
             stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{dash}"
-        assert wait_for(lambda: _answers(f"{url}/api/version"), proc, timeout=90), log.read_text()[-3000:]
-        yield {"gcs": f"127.0.0.1:{gcs}", "url": url, "env": env, "log": log}
+        assert wait_for(lambda: _answers(f"{url}/api/version", token), proc, timeout=90), log.read_text()[-3000:]
+        yield {"gcs": f"127.0.0.1:{gcs}", "url": url, "env": env, "log": log, "token": token}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -343,14 +359,24 @@ def test_jobs_api_preprocesses_on_the_head(head, jester, tmp_path):
 
     out = tmp_path / "shards"
     sid = f"e3d-preprocess-{os.getpid()}-{time.monotonic_ns()}"
+    # The dashboard and the Jobs API answer nobody without the token, and nobody with a wrong one.
+    assert _status(f"{head['url']}/api/version") == 401 and _status(f"{head['url']}/api/jobs/") == 401
+    assert _status(f"{head['url']}/api/jobs/", "0" * 64) == 403
+    assert _status(f"{head['url']}/api/jobs/", head["token"]) == 200
     client_env = {**head["env"], "PATH": os.environ.get("PATH", "")}
-    # The README's form: `ray job submit --address http://HEAD:8265 --working-dir . -- python -m pipeline ...`
+    without = {k: v for k, v in client_env.items() if k != "RAY_AUTH_TOKEN"}
+    without["HOME"] = str(tmp_path)  # no ~/.ray/auth_token there either
+    refused = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address", head["url"], "--", "true"],
+                             cwd=REPO, env=without, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "Authentication" in refused.stdout + refused.stderr, refused.stderr[-2000:]
+    # The README's form: `RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... ray job submit --address http://HEAD:8265
+    # --working-dir . -- python -m pipeline ...`
     proc = subprocess.run(
         [str(VENV_BIN / "ray"), "job", "submit", "--address", head["url"], "--submission-id", sid,
          "--working-dir", ".", "--", "python", "-m", "pipeline", "preprocess", "jester", "--src", str(jester.root),
          "--out", str(out), "--max-failed", "1", "--no-progress"],
         cwd=REPO, env=client_env, capture_output=True, text=True, timeout=240)
-    client = JobSubmissionClient(head["url"])
+    client = JobSubmissionClient(head["url"], headers={"Authorization": f"Bearer {head['token']}"})
     logs = client.get_job_logs(sid)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs[-3000:]
     info = client.get_job_info(sid)
@@ -396,13 +422,18 @@ def test_ray_submit_runs_the_uploaded_cli_in_the_heads_login_shell(head, jester,
     (home / "e3d-venv").symlink_to(VENV_BIN.parent)  # what the YAML's uv commands build
     bare_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                                 if p and Path(p).resolve() != VENV_BIN.resolve()) or "/usr/bin:/bin"
-    env = {**head["env"], "HOME": str(home), "PATH": bare_path, "RAY_ADDRESS": head["gcs"]}
+    # The token reaches the head as the YAMLs' file_mounts put it there: ~/.ray/auth_token, not the environment.
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(head["token"])
+    env = {k: v for k, v in head["env"].items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    env.update({"HOME": str(home), "PATH": bare_path, "RAY_ADDRESS": head["gcs"]})
     prepared = configs.validate_launcher_yaml(LAUNCHERS["aws-gpu"])
     for c in prepared["head_setup_commands"]:
-        if ".bashrc" in c:  # the PATH and RAY_ADDRESS lines; the rest needs sudo and the network
+        if ".bashrc" in c:  # the PATH, RAY_AUTH_MODE and RAY_ADDRESS lines; the rest needs sudo and the network
             subprocess.run(["bash", "-c", c], env=env, check=True, timeout=30)
     bashrc = (home / ".bashrc").read_text()
     assert 'export PATH="$HOME/e3d-venv/bin:$PATH"' in bashrc and "RAY_ADDRESS" in bashrc
+    assert "export RAY_AUTH_MODE=token" in bashrc
 
     remote = " ".join(_with_interactive(calls["cmd"]))  # what ssh hands to the head's shell
     proc = subprocess.run(remote, shell=True, executable="/bin/bash", cwd=home, env=env, stdin=subprocess.DEVNULL,
@@ -411,3 +442,138 @@ def test_ray_submit_runs_the_uploaded_cli_in_the_heads_login_shell(head, jester,
     assert "Connecting to existing Ray cluster" in proc.stderr, proc.stderr[-3000:]  # joined the head
     assert re.search(r"failed fraction .*: OK", proc.stdout), proc.stdout[-3000:]
     _check_shards(out, jester)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# No open door: token authentication, pod security, network policy, pinned installs
+
+
+def _without_auth(config: dict) -> dict:
+    config["setup_commands"] = [c for c in config["setup_commands"] if "RAY_AUTH_MODE" not in c]
+    return config
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHERS))
+def test_a_launcher_yaml_that_exposes_the_dashboard_without_auth_fails(name):
+    config = _without_auth(configs.load_yaml(LAUNCHERS[name]))
+    problems = launcher_problems(config, require_gpu_workers=name == "aws-gpu")
+    assert any("without token authentication" in p for p in problems)
+    assert any("listen on a public address without authentication" in p for p in problems)
+    # setting it on each `ray start` instead of in ~/.bashrc is also token auth
+    for role in ("head", "worker"):
+        config[f"{role}_start_ray_commands"] = [c.replace("ray start", "RAY_AUTH_MODE=token ray start")
+                                                for c in config[f"{role}_start_ray_commands"]]
+    assert not any("authentication" in p for p in launcher_problems(config))
+
+
+def test_python_m_cluster_configs_fails_on_a_config_without_auth(tmp_path):
+    copy_dir = tmp_path / "cluster"
+    shutil.copytree(CLUSTER, copy_dir, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    text = (copy_dir / "local.yaml").read_text()
+    (copy_dir / "local.yaml").write_text("\n".join(ln for ln in text.splitlines() if "RAY_AUTH_MODE" not in ln))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bad = subprocess.run([sys.executable, "-m", "cluster.configs", str(copy_dir)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "local.yaml: \n" in bad.stdout, bad.stdout + bad.stderr
+    assert "without authentication" in bad.stdout
+    good = subprocess.run([sys.executable, "-m", "cluster.configs"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert good.returncode == 0, good.stdout + good.stderr
+
+
+@pytest.mark.parametrize("breakage", ["curl | sh", "token in the repo", "token in a command", "no token mount"])
+def test_launcher_security_problems_are_caught(breakage, tmp_path):
+    config = configs.load_yaml(LAUNCHERS["aws-gpu"])
+    if breakage == "curl | sh":
+        config["setup_commands"].insert(1, "curl -LsSf https://astral.sh/uv/install.sh | env UV_NO_MODIFY_PATH=1 sh")
+    elif breakage == "token in the repo":
+        config["file_mounts"]["~/.ray/auth_token"] = "./cluster/auth_token"
+    elif breakage == "token in a command":
+        config["head_start_ray_commands"][1] = "RAY_AUTH_TOKEN=abc123 " + config["head_start_ray_commands"][1]
+    else:
+        config["file_mounts"].pop("~/.ray/auth_token")
+    assert launcher_problems(config, require_gpu_workers=True), breakage
+
+
+def _pods(doc: dict) -> list[dict]:
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    return [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+
+
+SECURITY_BREAKAGES = {
+    "no RAY_AUTH_MODE": lambda d: _pods(d)[0]["spec"]["containers"][0]["env"].__setitem__(
+        slice(None), [e for e in _pods(d)[0]["spec"]["containers"][0]["env"] if e["name"] != "RAY_AUTH_MODE"]),
+    "literal token": lambda d: next(e for e in _pods(d)[1]["spec"]["containers"][0]["env"]
+                                    if e["name"] == "RAY_AUTH_TOKEN").update(value="abc"),
+    "runs as root": lambda d: _pods(d)[2]["spec"]["securityContext"].__setitem__("runAsNonRoot", False),
+    "privilege escalation": lambda d: _pods(d)[1]["spec"]["containers"][0]["securityContext"].pop(
+        "allowPrivilegeEscalation"),
+    "service-account token": lambda d: _pods(d)[0]["spec"].pop("automountServiceAccountToken"),
+    "not selected by the policy": lambda d: _pods(d)[2]["metadata"]["labels"].clear(),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(SECURITY_BREAKAGES))
+@pytest.mark.parametrize("path", [RAYCLUSTER, RAYJOB], ids=["raycluster", "rayjob"])
+def test_kuberay_security_breakages_are_caught(path, breakage):
+    doc = configs.load_yaml(path)
+    assert kuberay_problems(doc) == []
+    SECURITY_BREAKAGES[breakage](doc)
+    problems = kuberay_problems(doc)
+    assert problems, breakage
+    if breakage == "literal token":
+        assert any("written into the manifest" in p for p in problems)
+    if breakage == "no RAY_AUTH_MODE":  # the head's dashboard is on 0.0.0.0: said plainly
+        assert any("listen on 0.0.0.0 without authentication" in p for p in problems)
+
+
+def test_the_operators_auth_options_stand_in_for_the_env():
+    doc = configs.load_yaml(RAYCLUSTER)
+    for pod in _pods(doc):
+        env = pod["spec"]["containers"][0]["env"]
+        env[:] = [e for e in env if not e["name"].startswith("RAY_AUTH")]
+    assert kuberay_problems(doc)
+    doc["spec"]["authOptions"] = {"mode": "token"}  # KubeRay >= 1.5.1 makes the Secret and injects the env
+    assert kuberay_problems(doc) == []
+
+
+def test_the_rayjob_submitter_carries_the_token():
+    doc = configs.load_yaml(RAYJOB)
+    doc["spec"].pop("submitterPodTemplate")
+    assert any("submitterPodTemplate" in p for p in kuberay_problems(doc))
+
+
+NETPOL = CLUSTER / "kuberay" / "networkpolicy.yaml"
+
+
+@pytest.mark.parametrize("breakage", ["gcs from anywhere", "all ports to named clients", "ipBlock dashboard",
+                                      "wrong selector", "no ingress type", "a rule with no peers"])
+def test_a_leaky_network_policy_is_caught(breakage):
+    doc = configs.load_yaml(NETPOL)
+    assert configs.networkpolicy_problems(doc) == []
+    rules = doc["spec"]["ingress"]
+    if breakage == "gcs from anywhere":
+        rules.append({"ports": [{"protocol": "TCP", "port": 6379}]})
+    elif breakage == "all ports to named clients":
+        rules[1].pop("ports")
+    elif breakage == "ipBlock dashboard":
+        rules[1]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
+    elif breakage == "wrong selector":
+        doc["spec"]["podSelector"] = {"matchLabels": {"app": "other"}}
+    elif breakage == "no ingress type":
+        doc["spec"]["policyTypes"] = ["Egress"]
+    else:
+        rules.append({"ports": [{"protocol": "TCP", "port": 10001}]})
+    assert configs.networkpolicy_problems(doc), breakage
+
+
+def test_the_dockerfile_pins_its_base_and_pipes_nothing_into_a_shell():
+    text = (CLUSTER / "kuberay" / "Dockerfile").read_text()
+    assert configs.dockerfile_problems(text) == []
+    unpinned = re.sub(r"@sha256:[0-9a-f]{64}", "", text)
+    assert any("not pinned by digest" in p for p in configs.dockerfile_problems(unpinned))
+    piped = text + "\nRUN curl -fsSL https://example.org/install.sh | bash\n"
+    assert any("piped into a shell" in p for p in configs.dockerfile_problems(piped))
+    pins = (REPO / "pyproject.toml").read_text()
+    for pkg in ("av", "opencv-python-headless"):  # FFmpeg-linked: a new major must not arrive unannounced
+        assert re.search(rf'"{pkg}>=[\d.]+,<[\d.]+"', pins), pkg

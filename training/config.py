@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("kinetics600", "jester", "ucf101")
+from shards.datasets import DATASET_SPECS, DATASETS  # noqa: F401  (DATASETS re-exported)
 
 #: (train split, validation split) per dataset, as named in the shard manifests.
-DEFAULT_SPLITS = {"kinetics600": ("train", "val"), "jester": ("train", "validation"), "ucf101": ("train1", "test1")}
+DEFAULT_SPLITS = {name: (spec.train_split, spec.val_split) for name, spec in DATASET_SPECS.items()}
 
 #: The settings that decide which clips a run reads, in which order, and when it validates and checkpoints.
 #: Runs that agree on all of them can share one decode pass (:func:`training.loop.train_group`); model,

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from shards import storage
-from training.data import ClipLoader, ClipNormalizer, LoaderConfig, ShardSpec
-from training.data.sampling import num_windows
+from training.data import PRESETS, ClipLoader, ClipNormalizer, InputConvention, LoaderConfig, ShardSpec
+from training.data.modes import ItemMode, mode_for
 
 
 class EvalCountError(RuntimeError):
@@ -56,15 +56,29 @@ class EvalResult:
         return {prefix + k: getattr(self, k) for k in keys}
 
 
+def stored_convention(model: torch.nn.Module, ckpt: Mapping[str, Any]) -> InputConvention:
+    """The input convention a checkpoint's weights were trained with: the one stored next to the weights
+    (``model.input_convention`` after :func:`training.checkpoints.load_checkpoint`). Checkpoints written before
+    training kept it in sync name their preset in ``extra["normalization"]`` instead, which then wins."""
+    legacy = (ckpt.get("extra") or {}).get("normalization")
+    conv = model.input_convention
+    if legacy is not None and legacy in PRESETS and PRESETS[legacy] != conv:
+        return PRESETS[legacy]
+    return conv
+
+
 def expected_clips(specs: Sequence[ShardSpec], cfg: LoaderConfig) -> dict[str, int]:
     """Clips per video key that a correct ``val``/``eval`` pass yields: 1 per video (``val``), or the number
     of non-overlapping windows (``eval``)."""
+    mode = mode_for(cfg)
+    if not isinstance(mode, ItemMode):
+        raise ValueError("expected_clips needs a 'val' or 'eval' mode config")
     out: dict[str, int] = {}
     for spec in specs:
         if spec.videos is None:
             raise ValueError(f"{spec.url}: shard spec has no per-video list (use shard_specs(videos=True))")
         for key, num_frames, stride in spec.videos:
-            out[key] = 1 if cfg.mode == "val" else num_windows(num_frames, cfg.clip_len, cfg.step_for(stride))
+            out[key] = mode.windows(cfg, num_frames, stride)
     return out
 
 
@@ -160,7 +174,7 @@ def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormali
     Returns:
         The same :class:`EvalResult` on every rank.
     """
-    if loader.dataset.cfg.mode == "train":
+    if not isinstance(loader.dataset.mode, ItemMode):
         raise ValueError("evaluate needs a 'val' or 'eval' mode loader")
     k = min(5, num_classes)
     clip_stats, per_video = _accumulate(model, loader, normalizer, device, k, amp and device.type == "cuda")
@@ -233,7 +247,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     from shards.manifest import read_dataset_info
     from training.checkpoints import load_checkpoint
     from training.config import TrainConfig
-    from training.data import ClipStream, normalization_for, shard_specs
+    from training.data import ClipStream, shard_specs
 
     device = device or (torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu"))
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
@@ -250,8 +264,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     specs = shard_specs(shards, split, videos=True)
     loader = ClipLoader(ClipStream(specs, lcfg), pin_memory=device.type == "cuda")
     channels_last = tcfg.uses_channels_last(device.type)
-    normalizer = ClipNormalizer(normalization_for(tcfg.dataset, checkpoint=extra.get("normalization")),
-                                channels_last=channels_last).to(device)
+    normalizer = ClipNormalizer(stored_convention(model, ckpt), channels_last=channels_last).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     r = evaluate(model, loader, normalizer, device, num_classes=len(classes), expected=expected_clips(specs, lcfg),

@@ -52,8 +52,9 @@ from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
 from training.config import DATA_FIELDS, TrainConfig
 from training.data import ClipLoader, ClipNormalizer, ClipStream, normalization_for, shard_specs
+from training.data.normalize import InputConvention
 from training.ema import ModelEMA
-from training.evaluate import evaluate, expected_clips, write_predictions
+from training.evaluate import evaluate, expected_clips, stored_convention, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
 from training.precise_bn import update_bn_stats
@@ -136,11 +137,11 @@ def _builder_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | None]:
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, InputConvention | None]:
     """The model of ``cfg`` with ``num_classes`` outputs; with ``cfg.pretrained`` every tensor except the
     classifier comes from that checkpoint (ours or a released one) and the classifier is new.
 
-    Returns ``(model, normalisation preset implied by the pretrained weights or None)``.
+    Returns ``(model, input convention of the pretrained weights or None)``.
     """
     kwargs = _builder_kwargs(cfg)
     model = get_model(cfg.model, num_classes=num_classes, **kwargs)
@@ -155,19 +156,19 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | No
         src, ckpt = load_checkpoint(cfg.pretrained)
         if src.config.name != cfg.model:
             raise ValueError(f"pretrained checkpoint holds {src.config.name!r}, not {cfg.model!r}")
-        norm = (ckpt.get("extra") or {}).get("normalization")
+        conv = stored_convention(src, ckpt)
     else:
         plain = {k: v for k, v in cfg.model_kwargs.items() if k != "dropout"}
-        src, info = load_released_checkpoint(cfg.pretrained, cfg.model, **plain)
-        norm = {"kinetics": "released-kinetics600", "jester": "released-jester"}.get(info.dataset or "")
+        src, _ = load_released_checkpoint(cfg.pretrained, cfg.model, **plain)
+        conv = src.input_convention
     head = head_keys(cfg.model, **kwargs)
     backbone = {k: v for k, v in src.state_dict().items() if k not in head}
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     if unexpected or set(missing) - head:
         raise ValueError(f"pretrained weights do not fit {cfg.model}: missing {sorted(set(missing) - head)}, "
                          f"unexpected {sorted(unexpected)}")
-    model.input_convention = src.input_convention
-    return model, norm
+    model.input_convention = conv
+    return model, conv
 
 
 def freeze_all_but(model: nn.Module, trainable: set[str]) -> list[nn.Module]:
@@ -264,14 +265,16 @@ class Member:
         """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer (lr scaled by
         ``cfg.lr_scaling``), schedule and, with ``cfg.ema``, the moving average of the weights."""
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
-        raw, pretrained_norm = build_model(cfg, num_classes)
+        raw, pretrained_conv = build_model(cfg, num_classes)
         frozen_norms: list[nn.Module] = []
         if cfg.finetune == "last-layer":
             frozen_norms = freeze_all_but(raw, head_keys(cfg.model, **_builder_kwargs(cfg)))
-        norm_name = cfg.normalization or pretrained_norm
+        norm_name = cfg.normalization
+        conv = (pretrained_conv if norm_name is None and pretrained_conv is not None
+                else normalization_for(cfg.dataset, checkpoint=norm_name))
+        raw.input_convention = conv  # saved with the weights: the one record of what the model expects
         channels_last = cfg.uses_channels_last(device.type)
-        normalizer = ClipNormalizer(normalization_for(cfg.dataset, checkpoint=norm_name),
-                                    channels_last=channels_last).to(device)
+        normalizer = ClipNormalizer(conv, channels_last=channels_last).to(device)
         memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         raw = raw.to(device, memory_format=memory_format)
         on_gpu = device.type == "cuda"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-DATASETS: tuple[str, ...] = ("kinetics600", "jester", "ucf101")
+from shards.datasets import DATASETS  # noqa: F401  (re-exported by preprocess.synth)
 
 # (class name, motion) per dataset; ``SynthConfig.num_classes`` takes the first N.
 CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
