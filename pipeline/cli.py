@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
     quiet_ray()
-    return run_demo(args.workdir, fresh=args.fresh, train=not args.no_train)
+    return run_demo(args.workdir, fresh=args.fresh, train=not args.no_train, seed=args.seed)
 
 
 def _model_kwargs(pairs: list[str] | None) -> dict:
@@ -405,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="/tmp/e3d-demo")
     s.add_argument("--fresh", action="store_true", help="delete the workdir first")
     s.add_argument("--no-train", action="store_true", help="preprocessing only (skip training and evaluation)")
+    s.add_argument("--seed", type=int, default=0, help="training seed (model init, clip sampling, dropout)")
     s.set_defaults(func=cmd_demo)
     for s in sub.choices.values():
         s.add_argument("-v", "--verbose", action="count", default=0,

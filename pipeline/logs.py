@@ -181,12 +181,14 @@ def train_summary(model: str, dataset: str, run: Any, metrics_path: str, *, fina
     else:
         lines.append(f"  final evaluation on {m.get('eval_split', 'the validation split')} "
                      f"({m.get('eval_videos')} videos, every window): video top1 {v1} top5 {v5}, clip top1 {c1}"
-                     f" -- weights of the last checkpoint {m.get('checkpoint')}")
+                     f" -- weights of the last checkpoint {m.get('checkpoint')}"
+                     + (f" ({m['eval_weights']})" if m.get("eval_weights") else ""))
     best = _num(m.get("best_val_top1"))
     if best is None or float(best) < 0:
         lines.append("  best validation: not evaluated")
     else:
-        lines.append(f"  best validation clip top1 {best} (one centre clip per video, during training) -- "
+        at = f" at epoch {m['best_epoch']}" if m.get("best_epoch") is not None else ""
+        lines.append(f"  best validation video top1 {best}{at} (one centre clip per video, during training) -- "
                      f"best checkpoint {m.get('best_checkpoint')}")
     if m.get("predictions"):
         lines.append(f"  predictions {m['predictions']}")

@@ -112,7 +112,7 @@ def test_summary_names_the_checkpoint_behind_each_figure_and_never_prints_nan():
     text = train_summary("net", "jester", m, "run/metrics.json")
     assert "video top1 0.500 top5 1.000, clip top1 0.400 -- weights of the last checkpoint run/last/checkpoint.pt" \
         in text
-    assert "best validation clip top1 0.600" in text and "best checkpoint run/best/checkpoint.pt" in text
+    assert "best validation video top1 0.600" in text and "best checkpoint run/best/checkpoint.pt" in text
     bare = train_summary("net", "jester", {"epochs": 1, "step": 3, "best_val_top1": float("nan")}, "m.json")
     assert "not evaluated" in bare and "nan" not in bare
     from training.result import RunResult  # what run_training returns

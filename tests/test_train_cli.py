@@ -80,7 +80,7 @@ def test_train_flags_are_generated_from_train_config():
     assert (new.crop_scales, new.amp, new.val_every) == ((1.0, 0.5), False, 2)
     # Choices come from the dataclass; help from its docstring, with TrainConfig's default.
     with pytest.raises(SystemExit):
-        parse(["train", *base, "--schedule", "cosine"])
+        parse(["train", *base, "--schedule", "cyclic"])
     actions = {a.dest: a for a in _train_parser("train")._actions}
     assert tuple(actions["schedule"].choices) == SCHEDULES
     docs = TrainConfig.field_docs()

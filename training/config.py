@@ -34,7 +34,7 @@ DEFAULT_SPLITS = {name: (spec.train_split, spec.val_split) for name, spec in DAT
 #: recipe (lr, schedule, dropout, ...), normalisation, precision and ``out`` may differ.
 DATA_FIELDS = ("dataset", "shards", "train_split", "val_split", "epochs", "batch_size", "clip_len", "size",
                "crop_scales", "loader_workers", "seed", "val_every", "final_eval", "checkpoint_every_steps",
-               "max_steps_per_epoch", "use_gpu", "log_every", "profile_steps")
+               "max_steps_per_epoch", "use_gpu", "log_every", "profile_steps", "precise_bn")
 
 #: Fields older configs (checkpoints) may hold that this code no longer has; :meth:`TrainConfig.from_dict`
 #: drops them. ``fault`` was test-only fault injection, now :class:`training.loop.Hooks`.
@@ -47,7 +47,8 @@ RETIRED_FIELDS = ("fault",)
 RESUME_MAY_CHANGE = ("epochs", "loader_workers", "checkpoint_every_steps", "log_every", "profile_steps",
                      "final_eval", "out", "use_gpu", "amp", "channels_last")
 
-SCHEDULES = ("plateau", "multistep", "constant")
+SCHEDULES = ("plateau", "multistep", "constant", "cosine")
+LR_SCALINGS = ("none", "linear")
 FINETUNE_MODES = ("none", "last-layer")
 PRETRAINED_FORMATS = ("auto", "ours", "released")
 
@@ -66,7 +67,11 @@ class TrainConfig:
         batch_size: global clips per step, divided evenly among the workers.
         lr, momentum, dampening, weight_decay, nesterov: ``torch.optim.SGD`` settings.
         schedule: ``plateau`` (ReduceLROnPlateau on the validation loss), ``multistep`` (×``lr_gamma`` after
-            each epoch in ``milestones``) or ``constant``.
+            each epoch in ``milestones``), ``constant``, or ``cosine`` (step-wise: linear warm-up from lr/10 over
+            ``warmup_epochs``, then a half cosine to 0 at the last step; :mod:`training.schedule`).
+        warmup_epochs: epochs of linear warm-up of the ``cosine`` schedule (0: none).
+        lr_scaling: ``none`` uses ``lr`` as given; ``linear`` uses ``lr · batch_size / 128`` (the paper's
+            global batch), for a recipe run at another batch size.
         lr_gamma: factor per lr reduction (both schedules).
         plateau_patience: epochs without improvement before a reduction (the released ``lr_patience``).
         plateau_max_reductions: the lr is never reduced below ``lr · lr_gamma ** plateau_max_reductions``.
@@ -90,9 +95,17 @@ class TrainConfig:
             checkpoint's) convention.
         use_gpu: CUDA (bf16 autocast, cudnn.benchmark, NCCL) instead of CPU (gloo).
         amp: bf16 autocast on GPU (ignored on CPU).
-        channels_last: ``channels_last_3d`` memory format for model and input.
+        channels_last: ``channels_last_3d`` memory format for model and input (True) or contiguous (False); None
+            picks by device (:meth:`uses_channels_last`): contiguous on CPU, where float32 gradients in
+            ``channels_last_3d`` are ~1000x further from float64 (BatchNorm3d's channels-last kernel) and no
+            faster, ``channels_last_3d`` on GPU (bench/README.md, "Gradient numerics").
         log_every: steps between TensorBoard training scalars.
         profile_steps: record a torch.profiler trace of this many steps (0: off).
+        precise_bn: before each validation, the final evaluation and so before any checkpoint can be marked
+            best, recompute BatchNorm running statistics as true averages over this many training batches per
+            worker, averaged over the workers (0: off; :mod:`training.precise_bn`).
+        ema: decay of an exponential moving average of the weights and BatchNorm buffers, updated every step
+            and used for validation and the final evaluation (0: off; :mod:`training.ema`).
     """
 
     dataset: str = field(metadata={"choices": DATASETS})
@@ -110,6 +123,8 @@ class TrainConfig:
     weight_decay: float = 1e-3
     nesterov: bool = False
     schedule: str = field(default="plateau", metadata={"choices": SCHEDULES})
+    warmup_epochs: float = 0
+    lr_scaling: str = field(default="none", metadata={"choices": LR_SCALINGS})
     lr_gamma: float = 0.1
     plateau_patience: int = 10
     plateau_max_reductions: int = 3
@@ -130,9 +145,11 @@ class TrainConfig:
     normalization: str | None = None
     use_gpu: bool = False
     amp: bool = True
-    channels_last: bool = True
+    channels_last: bool | None = None
     log_every: int = 10
     profile_steps: int = 0
+    precise_bn: int = 0
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -146,6 +163,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 < self.lr_gamma < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 < lr_gamma < 1")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError("warmup_epochs needs schedule='cosine'")
+        if self.precise_bn < 0:
+            raise ValueError(f"precise_bn must be >= 0 batches, got {self.precise_bn}")
+        if not (self.ema == 0 or 0 < self.ema < 1):
+            raise ValueError(f"ema must be 0 (off) or a decay in (0, 1), got {self.ema}")
         if self.nesterov and self.dampening != 0:
             raise ValueError("SGD with nesterov needs dampening 0 (the released code sets it so)")
         # Normalise containers so that to_dict/from_dict round-trips and the object stays comparable.
@@ -197,6 +222,11 @@ class TrainConfig:
     def splits(self) -> tuple[str, str]:
         train, val = DEFAULT_SPLITS[self.dataset]
         return self.train_split or train, self.val_split or val
+
+    def uses_channels_last(self, device_type: str) -> bool:
+        """Whether a run on ``device_type`` (``cpu``, ``cuda``) uses ``channels_last_3d``: ``channels_last`` when
+        set, else the per-device default measured in bench/README.md (CPU: contiguous)."""
+        return self.channels_last if self.channels_last is not None else device_type != "cpu"
 
     def per_worker_batch(self, world_size: int) -> int:
         """Clips per step on each worker; the global batch must split evenly so every worker does equal work."""

@@ -299,8 +299,9 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     lcfg = tcfg.loader_config(mode, batch_size=batch_size, num_workers=loader_workers)
     specs = shard_specs(shards, split, videos=True)
     loader = ClipLoader(ClipStream(specs, lcfg), pin_memory=device.type == "cuda")
-    normalizer = ClipNormalizer(stored_convention(model, ckpt), channels_last=tcfg.channels_last).to(device)
-    if tcfg.channels_last:
+    channels_last = tcfg.uses_channels_last(device.type)
+    normalizer = ClipNormalizer(stored_convention(model, ckpt), channels_last=channels_last).to(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     r = evaluate(model, loader, normalizer, device, num_classes=len(classes), expected=expected_clips(specs, lcfg),
                  amp=tcfg.amp, with_predictions=rank == 0)

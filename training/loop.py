@@ -2,7 +2,13 @@
 ``train_one_epoch``/``validate``::
 
     train_group: setup → restore (→ finish a pending validation) → per epoch: train_one_epoch → end_of_epoch
-                 (checkpoint "validation pending" → validate → schedule → checkpoint) → final_evaluation
+                 (checkpoint "validation pending" → precise_bn → validate → schedule → checkpoint) → precise_bn
+                 → final_evaluation (per member)
+
+The stable recipe's parts (issue 12) sit at these points: a step-wise schedule (``cosine``) and the weights'
+EMA advance in :meth:`Member.after_step`; :func:`precise_bn` recomputes BatchNorm statistics before
+validation and the final evaluation; validation, evaluation and a checkpoint's loadable model use
+:attr:`Member.eval_model` (the EMA when on); :func:`checkpoint_score` decides which checkpoint is best.
 
 A :class:`Member` owns one model and what belongs to it alone: forward/backward/optimizer step, lr schedule,
 best score, meters, TensorBoard writer and ``state_dict``/``load_state_dict``. :func:`train_loop` trains one
@@ -56,9 +62,12 @@ from training.config import DATA_FIELDS, TrainConfig, resume_differences
 from training.data import ClipLoader, ClipNormalizer, ClipStream, normalization_for, shard_specs
 from training.data.normalize import InputConvention
 from training.ddp import wrap_ddp
+from training.ema import ModelEMA
 from training.evaluate import NonFiniteEvalError, evaluate, expected_clips, stored_convention, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
+from training.precise_bn import update_bn_stats
+from training.schedule import scaled_lr, warmup_cosine
 
 CHECKPOINT_FILE = "checkpoint.pt"
 #: ``kind`` of the checkpoint an epoch end writes before validating (reported with :data:`PENDING_SCORE`, below
@@ -212,8 +221,12 @@ def set_train_mode(model: nn.Module, frozen_norms: list[nn.Module]) -> None:
         m.eval()
 
 
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    """The lr schedule, stepped once per epoch (plateau: with the validation loss)."""
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int = 1):
+    """The lr schedule: stepped once per epoch (plateau: with the validation loss), except ``cosine``, which
+    is stepped after every optimizer step (``steps_per_epoch`` of them per epoch on each worker)."""
+    if cfg.schedule == "cosine":
+        return warmup_cosine(optimizer, total_steps=cfg.epochs * steps_per_epoch,
+                             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "plateau":
         # "Reduced ×gamma at most N times" = a floor at lr·gamma^N; the tiny slack absorbs rounding in the
         # repeated multiplications so the N-th reduction is not refused.
@@ -274,10 +287,15 @@ class Member:
     result: dict[str, Any] | None = None  # final metrics; set early when the member stopped (non-finite loss)
     meter: Meter = field(default_factory=Meter)
     window: Meter = field(default_factory=Meter)
+    ema: ModelEMA | None = None  # the weights validation and evaluation use when ``cfg.ema`` is on
+    best_epoch: int | None = None  # 0-based epoch of the best validation score
+    history: list[dict[str, float]] = field(default_factory=list)  # per validation: epoch, video_top1, loss
 
     @classmethod
-    def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, *, ddp: bool, master: bool) -> Member:
-        """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer and schedule."""
+    def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, *, ddp: bool, master: bool,
+              steps_per_epoch: int = 1) -> Member:
+        """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer (lr scaled by
+        ``cfg.lr_scaling``), schedule and, with ``cfg.ema``, the moving average of the weights."""
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
         raw, pretrained_conv, described = build_model(cfg, num_classes)
         frozen_norms: list[nn.Module] = []
@@ -296,16 +314,19 @@ class Member:
         conv = (pretrained_conv if norm_name is None and pretrained_conv is not None
                 else normalization_for(cfg.dataset, checkpoint=norm_name))
         raw.input_convention = conv  # saved with the weights: the one record of what the model expects
-        normalizer = ClipNormalizer(conv, channels_last=cfg.channels_last).to(device)
-        memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+        channels_last = cfg.uses_channels_last(device.type)
+        normalizer = ClipNormalizer(conv, channels_last=channels_last).to(device)
+        memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         raw = raw.to(device, memory_format=memory_format)
         model = wrap_ddp(raw, device) if ddp else raw  # gradients laid out like their parameters
         # only the trainable parameters: frozen ones get no weight decay either
-        optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=cfg.lr,
+        lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
+        optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=lr,
                                     momentum=cfg.momentum, dampening=cfg.dampening,
                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-        return cls(cfg, raw, model, optimizer, make_scheduler(cfg, optimizer), normalizer, norm_name,
-                   frozen_norms, Observer(cfg.out, enabled=master))
+        return cls(cfg, raw, model, optimizer, make_scheduler(cfg, optimizer, steps_per_epoch), normalizer,
+                   norm_name, frozen_norms, Observer(cfg.out, enabled=master),
+                   ema=ModelEMA(raw, cfg.ema) if cfg.ema else None)
 
     @property
     def name(self) -> str:
@@ -319,6 +340,25 @@ class Member:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation, the final evaluation and a checkpoint's loadable model use: the EMA when
+        on, else the model itself."""
+        return self.ema.module if self.ema is not None else self.raw
+
+    def frozen_norms_of(self, model: nn.Module) -> list[nn.Module]:
+        """``frozen_norms`` as the same-named layers of ``model`` (the EMA copy has its own modules)."""
+        names = {id(mod): n for n, mod in self.raw.named_modules()}
+        wanted = {names[id(mod)] for mod in self.frozen_norms}
+        return [mod for n, mod in model.named_modules() if n in wanted]
+
+    def after_step(self) -> None:
+        """After each optimizer step: a step-wise schedule steps, the EMA takes in the new weights."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.raw)
 
     def start_epoch(self) -> None:
         set_train_mode(self.raw, self.frozen_norms)
@@ -353,7 +393,7 @@ class Member:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if val_loss is not None:
                 self.scheduler.step(val_loss)
-        elif self.scheduler is not None:
+        elif self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
             self.scheduler.step()
 
     def stop_nonfinite(self, loss_value: float, step: int, epoch: int, master: bool, msg: str | None = None) -> None:
@@ -370,7 +410,9 @@ class Member:
         return {"model": self.cfg.model, "out": self.cfg.out, "state_dict": self.raw.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "best": self.best, "normalization": self.norm_name,
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "last_train": self.last_train}
+                "last_train": self.last_train,
+                "ema": self.ema.state_dict() if self.ema is not None else None, "best_epoch": self.best_epoch,
+                "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any], what: str) -> None:
         if state["model"] != self.cfg.model:
@@ -380,7 +422,13 @@ class Member:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{what} holds no EMA weights; this run has ema={self.cfg.ema}")
+            self.ema.load_state_dict(state["ema"])
         self.best = float(state["best"])
+        self.best_epoch = state.get("best_epoch")
+        self.history = list(state.get("history") or [])
         self.last_train = state.get("last_train")  # the pending validation's epoch line needs it
 
     def set_lr(self, lr: float) -> None:
@@ -431,7 +479,9 @@ class RunState:
     train_loader: ClipLoader
     val_specs: list
     members: list[Member]
+    train_specs: list = field(default_factory=list)
     step: int = 0
+    precise_bn_step: int | None = None  # the step at which BatchNorm statistics were last recomputed
     resumed_at: int | None = None
     pending: int | None = None  # restored from a checkpoint whose epoch still needs its validation
     prof_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -478,15 +528,19 @@ def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> RunState:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune conv algorithms once
     classes = list(read_dataset_info(cfg.shards)["classes"])
     train_split, val_split = cfg.splits
+    train_specs = shard_specs(cfg.shards, train_split, videos=False)
     train_loader = ClipLoader(
-        ClipStream(shard_specs(cfg.shards, train_split, videos=False),
-                   cfg.loader_config("train", batch_size=cfg.per_worker_batch(world))),
+        ClipStream(train_specs, cfg.loader_config("train", batch_size=cfg.per_worker_batch(world))),
         # Each DataLoader iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a mid-epoch resume replays exactly the dropout masks of an uninterrupted run.
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
     val_specs = shard_specs(cfg.shards, val_split, videos=True)
-    members = [Member.build(c, len(classes), device, ddp=ddp, master=master) for c in cfgs]
-    return RunState(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members)
+    steps = len(train_loader)
+    if cfg.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    members = [Member.build(c, len(classes), device, ddp=ddp, master=master, steps_per_epoch=steps) for c in cfgs]
+    return RunState(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members,
+                    train_specs)
 
 
 def check_resume(saved: dict[str, Any], cfg: TrainConfig, overrides: Sequence[str], where: str) -> list[str]:
@@ -560,7 +614,8 @@ def checkpoint(run: RunState, tag: str, metrics: dict[str, Any], score: float, p
                  "train_config": run.cfg.to_dict(), "step": run.step, "loader": run.train_loader.state_dict(),
                  "rng": torch.get_rng_state(), "normalization": lead.norm_name, "classes": run.classes,
                  "validation_pending": pending}
-        save_checkpoint(ckpt_dir / CHECKPOINT_FILE, lead.raw, epoch=run.train_loader.epoch,
+        # the loadable model is the one validation scored (the EMA when on); members[0] holds the raw weights
+        save_checkpoint(ckpt_dir / CHECKPOINT_FILE, lead.eval_model, epoch=run.train_loader.epoch,
                         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, extra=extra)
     run.session.report({**metrics, "score": score, "step": run.step}, ckpt_dir, tag)
 
@@ -581,6 +636,7 @@ def _train_step(run: RunState, batch: dict[str, torch.Tensor], epoch: int, wait_
             m.stop_nonfinite(loss.item(), run.step, epoch, run.master)
         else:
             m.optimizer.step()
+            m.after_step()
     if not run.active():
         return False
     run.step += 1
@@ -626,14 +682,39 @@ def train_one_epoch(run: RunState, epoch: int) -> bool:
     return True
 
 
+def precise_bn(run: RunState, epoch: int) -> None:
+    """With ``precise_bn`` N: every active member's evaluation weights get BatchNorm statistics averaged over
+    N training batches of ``epoch`` (this worker's share; the ranks' averages are combined), one decode pass
+    for the whole group. Skipped when already done at this step (the final evaluation right after the last
+    validation; a resume at the end, whose checkpoint holds the recomputed statistics)."""
+    n = run.cfg.precise_bn
+    if not n or run.precise_bn_step == run.step:
+        return
+    members = run.active()
+    loader = ClipLoader(ClipStream(run.train_specs, run.cfg.loader_config(
+        "train", batch_size=run.cfg.per_worker_batch(run.world))), generator=torch.Generator().manual_seed(
+            run.cfg.seed + 1))
+    loader.set_epoch(epoch)
+    batches = iter(loader)
+    try:
+        update_bn_stats([m.eval_model for m in members],
+                        (b["clips"].to(run.device, non_blocking=True) for b in batches), n,
+                        prepare=[m.normalizer for m in members],
+                        skip=[bn for m in members for bn in m.frozen_norms_of(m.eval_model)])
+    finally:
+        batches.close()
+    run.precise_bn_step = run.step
+
+
 def _validate(run: RunState, m: Member, epoch: int) -> dict[str, float] | None:
-    """One centre clip per validation video: loss, top-1, top-5 (clip level). Returns None (and stops the
-    member, as a non-finite training loss would) when the logits or the loss are not finite."""
-    run.hooks.on_validate(epoch, m.raw, m.cfg, run.master)
+    """One centre clip per validation video (the evaluation weights): loss, clip top-1/top-5 and video top-1
+    (the same videos; a video whose clip was corrupt is left out of the video figure). Returns None (and stops
+    the member, as a non-finite training loss would) when the logits or the loss are not finite."""
+    run.hooks.on_validate(epoch, m.eval_model, m.cfg, run.master)
     loader, expected = run.eval_loader("val")
     try:
-        r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
-                     amp=m.cfg.amp and run.device.type == "cuda")
+        r = evaluate(m.eval_model, loader, m.normalizer, run.device, num_classes=len(run.classes),
+                     expected=expected, amp=m.cfg.amp and run.device.type == "cuda")
         problem = None if r.loss is None or math.isfinite(r.loss) else f"validation loss {r.loss}"
     except NonFiniteEvalError as exc:  # raised on every rank alike
         problem = str(exc)
@@ -643,13 +724,24 @@ def _validate(run: RunState, m: Member, epoch: int) -> dict[str, float] | None:
             "This epoch's checkpoint is not kept as best; lower the lr or check the data, then resume from an "
             "earlier checkpoint."))
         return None
-    return {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5}
+    return {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5, "video_top1": r.video_top1}
+
+
+def checkpoint_score(val: dict[str, float] | None) -> float:
+    """What makes a checkpoint "best": validation video top-1 over the centre clips, ties broken by the lower
+    validation loss. The loss enters as ``1e-9 · min(loss, 1000)`` (at most 1e-6), below the smallest step of
+    top-1 for fewer than a million videos, so it never outweighs one video. -1 without validation."""
+    if val is None:
+        return -1.0
+    loss = val["loss"] if math.isfinite(val["loss"]) else 1e3
+    return val["video_top1"] - 1e-9 * min(loss, 1e3)
 
 
 def end_of_epoch(run: RunState, epoch: int) -> None:
     """The epoch's checkpoint, then (when this epoch validates) per member: validate, step the schedule, log
     and keep the best score, and one more checkpoint for the group, scored by the members' mean validation
-    top-1 (which Ray keeps as "best").
+    score (:func:`checkpoint_score`, which Ray keeps as "best"). With ``precise_bn`` the
+    BatchNorm statistics are recomputed before validation, so validation and the checkpoint use them.
 
     The first checkpoint comes before validation (``validation_pending``, never best), so a crash during
     validation does not cost the epoch; the second holds the stepped schedules and best scores, and its
@@ -669,6 +761,8 @@ def validate_and_schedule(run: RunState, epoch: int, validate: bool) -> None:
     TensorBoard, best score, and the epoch's checkpoint (unless every member stopped)."""
     cfg = run.cfg
     scores, metrics = [], {"epoch": epoch, "kind": "epoch"}
+    if validate:
+        precise_bn(run, epoch)  # before validation, hence before the checkpoint it scores
     for m in run.active():
         train = m.last_train or Meter().reduced(1)
         val = _validate(run, m, epoch) if validate else None
@@ -684,8 +778,11 @@ def validate_and_schedule(run: RunState, epoch: int, validate: bool) -> None:
         if val is not None:
             m.obs.scalars(run.step, {"val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"]})
         m.obs.flush()
-        score = val["top1"] if val is not None else -1.0
-        m.best = max(m.best, score)
+        score = checkpoint_score(val)
+        if val is not None:
+            m.history.append({"epoch": epoch, "video_top1": val["video_top1"], "loss": val["loss"]})
+        if score > m.best:  # m.best: the best checkpoint score so far
+            m.best, m.best_epoch = score, epoch
         scores.append(score)
         mine = {"train_loss": train["loss"], "train_top1": train["top1"], "clips_per_s": train["clips_per_s"],
                 "data_wait_frac": train["data_wait_frac"], "lr": m.lr}
@@ -699,7 +796,7 @@ def validate_and_schedule(run: RunState, epoch: int, validate: bool) -> None:
 def _final_checkpoint(run: RunState, m: Member) -> str:
     """A plain checkpoint of one group member in ``out/checkpoint.pt``, loadable and evaluable on its own."""
     local = Path(tempfile.mkdtemp(prefix="e3d-final-")) / CHECKPOINT_FILE
-    save_checkpoint(local, m.raw, epoch=run.cfg.epochs, optimizer=None, metrics={},
+    save_checkpoint(local, m.eval_model, epoch=run.cfg.epochs, optimizer=None, metrics={},
                     extra={"train_config": m.cfg.to_dict(), "step": run.step, "normalization": m.norm_name,
                            "classes": run.classes})
     fs, path = storage.resolve(storage.join(m.cfg.out, CHECKPOINT_FILE))
@@ -712,7 +809,16 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
     """One member's final metrics: every window of every validation video (video-level accuracy,
     predictions) when ``final_eval``, plus the last epoch's training and validation figures."""
     cfg, val_split = run.cfg, run.cfg.splits[1]
-    result: dict[str, Any] = {"status": "finished", "epochs": cfg.epochs, "step": run.step, "best_val_top1": m.best,
+    best = next((h for h in m.history if h["epoch"] == m.best_epoch), None)
+    # which weights the final evaluation below used: always the last step's (the best checkpoint is
+    # best_epoch's; `e3d evaluate` scores it), as the EMA or not, with recomputed BN statistics or not
+    stats = f"precise over {cfg.precise_bn} batches" if cfg.precise_bn else "running"
+    weights = (f"last (epoch {cfg.epochs}, step {run.step}; {f'EMA {m.cfg.ema}' if m.ema else 'raw'} weights; "
+               f"BN statistics {stats})")
+    result: dict[str, Any] = {"status": "finished", "epochs": cfg.epochs, "step": run.step,
+                              "best_val_top1": best["video_top1"] if best else -1.0,
+                              "best_epoch": None if m.best_epoch is None else m.best_epoch + 1,
+                              "eval_weights": weights, "val_history": list(m.history),
                               "world_size": run.world, "model": m.cfg.model, "dataset": cfg.dataset,
                               "resumed_at_step": run.resumed_at}
     if run.grouped:
@@ -725,8 +831,8 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
     if cfg.final_eval:
         loader, expected = run.eval_loader("eval")
         try:
-            r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
-                         amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
+            r = evaluate(m.eval_model, loader, m.normalizer, run.device, num_classes=len(run.classes),
+                         expected=expected, amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
         except NonFiniteEvalError as exc:
             m.stop_nonfinite(math.nan, run.step, cfg.epochs - 1, run.master,
                              msg=f"final evaluation refused: {exc}. The run's checkpoints are kept.")
@@ -816,6 +922,8 @@ def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Sessio
             if not run.active() or not train_one_epoch(run, epoch):
                 break
             end_of_epoch(run, epoch)
+    if run.cfg.final_eval and run.active():
+        precise_bn(run, run.cfg.epochs - 1)
     for m in run.active():
         m.result = final_evaluation(run, m)
     run.session.report(run.members[0].result, None, None)

@@ -23,7 +23,8 @@ class RunResult:
         epochs: epochs the run was configured to complete (0 when it stopped early); ``step`` optimizer steps
             done in all (global, 1-based count); ``world_size`` Ray Train workers.
         resumed_at_step: the step this session resumed from, or None for a fresh start.
-        best_val_top1: best clip-level validation top-1 over epochs (fraction in [0, 1]; -1 without one).
+        best_val_top1: validation video top-1 (centre clips) of the best epoch (fraction in [0, 1]; -1 without
+            one); ``best_epoch`` that epoch (1-based).
         eval_video_top1, eval_video_top5, eval_clip_top1: final evaluation accuracies (fractions; NaN when
             ``final_eval`` was off or the run stopped); ``eval_videos`` / ``eval_incomplete_videos`` counts.
         checkpoint, best_checkpoint: latest and best checkpoint files (paths or URIs); in a shared-decode
