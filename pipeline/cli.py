@@ -65,6 +65,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from shards.manifest import index_root
+
+    result = index_root(args.root, force=args.force)
+    for p in result.problems:
+        print(f"PROBLEM {p}")
+    print(f"indexed {result.written} shard(s), {result.present} already indexed"
+          f"{f', {len(result.problems)} problem(s)' if result.problems else ''}")
+    return 0 if not result.problems else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from training.flops import table8_report
 
@@ -252,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("root")
     s.add_argument("--quick", action="store_true", help="sizes and checksums only, no sample walk")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("index", help="write the per-shard index of shards made without one (ranged reads)")
+    s.add_argument("root")
+    s.add_argument("--force", action="store_true", help="rebuild indexes that already exist")
+    s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("models", help="Table 8 models: params, MACs, paper-convention MFLOPs")
     s.add_argument("--markdown", action="store_true")

@@ -22,6 +22,7 @@ from preprocess.datasets import Listing, VideoItem
 from preprocess.decode import DecodedVideo, DecodeError, decode_frame_folder, decode_video
 from shards import storage
 from shards.format import FORMAT_VERSION, TarSampleWriter, pack_frames
+from shards.index import IndexEntry, index_path_for, make_index
 
 RECORD_VERSION = 1
 
@@ -160,6 +161,7 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
     videos: list[dict[str, Any]] = []
     samples = frames = decoded = 0
     shard_rel = task.shard_path
+    entries: list[IndexEntry] = []
     with storage.atomic_output(fs, storage.join(base, shard_rel)) as out:
         writer = TarSampleWriter(out)
         for item in sorted(task.items, key=_item_hash):
@@ -176,6 +178,9 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
                 blob, offsets = pack_frames(v.jpegs)
                 meta = _metadata(task, item, v, offsets)
                 writer.write(item.key, item.label_index, meta, blob)
+                ranges = writer.layout[-1][1]
+                entries.append(IndexEntry(item.key, item.label_index, len(v.jpegs), task.stride, v.width, v.height,
+                                          ranges["json"], ranges["cls"], ranges["jpgs"], offsets))
                 samples += 1
                 frames += len(v.jpegs)
                 decoded += v.source_frames
@@ -183,12 +188,17 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
                            source_frames=v.source_frames, fps=meta["fps"], width=v.width, height=v.height)
             videos.append(row)
         writer.close()
+    index_rel = index_sha = None
     if samples == 0:
         # Nothing decodable: leave no empty tar behind (readers would have to special-case it).
         fs.delete_file(storage.join(base, shard_rel))
         shard_rel, nbytes, digest = None, 0, None
     else:
         nbytes, digest = out.nbytes, out.sha256.hexdigest()
+        # The shard's index (shards/index.py), written before the record so a finished record implies it.
+        index_rel = index_path_for(shard_rel)
+        index_sha = storage.write_bytes_atomic(fs, storage.join(base, index_rel),
+                                               make_index(entries, nbytes, digest).to_bytes())
     record = {
         "record_version": RECORD_VERSION,
         "plan_hash": task.plan_hash(),
@@ -200,6 +210,8 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
         "decoded_frames": decoded,
         "bytes": nbytes,
         "sha256": digest,
+        "index_path": index_rel,
+        "index_sha256": index_sha,
         "videos": videos,
     }
     # Timings stay out of the record file so that reruns write identical bookkeeping.
