@@ -188,3 +188,79 @@ class S3Proxy:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _serve_control(proxy: S3Proxy, port_out: list[int]) -> None:
+    """A line protocol on a second loopback port: ``stats`` → ``requests bytes``, ``reset``, ``latency S``,
+    ``bandwidth B``, ``inject KIND N`` (for a proxy running in another process)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port_out.append(srv.getsockname()[1])
+    while True:
+        conn, _ = srv.accept()
+        with conn, conn.makefile("rwb") as f:
+            for line in f:
+                cmd, *args = line.decode().split()
+                if cmd == "stats":
+                    f.write(f"{proxy.requests} {proxy.bytes_out}\n".encode())
+                elif cmd == "reset":
+                    proxy.reset_counters()
+                    f.write(b"ok\n")
+                elif cmd == "latency":
+                    proxy.latency_s = float(args[0])
+                    f.write(b"ok\n")
+                elif cmd == "bandwidth":
+                    proxy.bandwidth = float(args[0]) or None
+                    f.write(b"ok\n")
+                elif cmd == "inject":
+                    proxy.inject(args[0], int(args[1]))
+                    f.write(b"ok\n")
+                f.flush()
+
+
+class ProxyControl:
+    """Client of :func:`_serve_control`."""
+
+    def __init__(self, port: int):
+        self._sock = socket.create_connection(("127.0.0.1", port))
+        self._f = self._sock.makefile("rwb")
+
+    def _cmd(self, text: str) -> str:
+        self._f.write(text.encode() + b"\n")
+        self._f.flush()
+        return self._f.readline().decode().strip()
+
+    def stats(self) -> tuple[int, int]:
+        a, b = self._cmd("stats").split()
+        return int(a), int(b)
+
+    def reset(self) -> None:
+        self._cmd("reset")
+
+    def set(self, what: str, value: float) -> None:
+        self._cmd(f"{what} {value}")
+
+    def close(self) -> None:
+        self._f.close()
+        self._sock.close()
+
+
+if __name__ == "__main__":
+    # ``python tests/s3proxy.py``: a moto S3 server and this proxy in front of it, in this process (so that
+    # a benchmark's own process does not share its CPU/GIL with them). Prints
+    # ``<server endpoint> <proxy endpoint> <control port>`` and serves until stdin closes.
+    import sys
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    proxy = S3Proxy((host, port))
+    ports: list[int] = []
+    threading.Thread(target=_serve_control, args=(proxy, ports), daemon=True).start()
+    while not ports:
+        time.sleep(0.01)
+    print(f"http://{host}:{port} {proxy.endpoint} {ports[0]}", flush=True)
+    sys.stdin.read()
+    proxy.close()
+    server.stop()
