@@ -22,6 +22,7 @@ the manifest, shard sha256 and size named in the index, object size from the sto
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -32,7 +33,7 @@ from typing import Any
 from shards import storage
 from shards.cache import CacheVerifyError, ShardCache
 from shards.index import ShardIndex, ShardIndexError, parse_index
-from shards.ranged import RangeReader, Request, RetryPolicy, UnreadableError, read_whole
+from shards.ranged import RangeReader, Request, RetryPolicy, UnreadableError, call_with_retries, read_whole
 
 
 class ShardVerifyError(OSError):
@@ -94,6 +95,7 @@ class ShardAccess:
         self._index_errors: dict[str, str] = {}
         self._checked: set[str] = set()
         self._spools: dict[str, str] = {}
+        self._bad: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -130,8 +132,16 @@ class ShardAccess:
             return None
         hit = cache.lookup(ref.sha256, ref.bytes)
         if hit is None:
-            cache.fill_async(ref.url, ref.sha256, ref.bytes)
+            def failed(exc: OSError) -> None:
+                if isinstance(exc, CacheVerifyError):  # the store holds other bytes than the manifest says
+                    self._bad[ref.url] = str(exc)
+
+            cache.fill_async(ref.url, ref.sha256, ref.bytes, on_error=failed)
         return hit
+
+    def bad(self, ref: ShardRef) -> str | None:
+        """Why the shard was found not to match the manifest in this process (a cache fill hashed it), or None."""
+        return self._bad.get(ref.url)
 
     def index(self, ref: ShardRef) -> ShardIndex | None:
         """The shard's index, checked against the manifest; None without one (``index_error`` says why)."""
@@ -159,15 +169,29 @@ class ShardAccess:
         fs, path = storage.resolve(url)
         if not storage.is_remote(url):
             return storage.read_bytes(fs, path)
-        size = storage.size(fs, path)
-        if size is None:
-            raise UnreadableError(f"{url}: missing")
-        out = bytearray()
-        read_whole(self.reader(), url, size, out.extend)
-        return bytes(out)
+        # One GET (no HEAD first): indexes are small; retried like any read.
+        return call_with_retries(lambda: storage.read_bytes(fs, path), url, self.cfg.retry)
+
+    def warm(self, refs: list[ShardRef]) -> None:
+        """Fetch the indexes of ``refs`` and open their objects concurrently (a stream's shards at its start):
+        one round trip of latency per stream and epoch instead of two per shard."""
+        todo = [r for r in refs if r.remote and r.index_url is not None and r.url not in self._indexes]
+        if len(todo) < 2:
+            return
+        reader = self.reader()
+
+        def one(ref: ShardRef) -> None:
+            if self.index(ref) is not None:
+                with contextlib.suppress(OSError):
+                    reader.open(ref.url, ref.bytes)
+
+        list(reader.executor().map(one, todo))
 
     def check_object(self, ref: ShardRef) -> None:
-        """Once per process and shard, when verifying: the object's size is the manifest's (a HEAD request)."""
+        """Once per process and shard, when verifying: the object's size is the manifest's (a HEAD request).
+        Raises :class:`ShardVerifyError` for a shard found bad before."""
+        if ref.url in self._bad:
+            raise ShardVerifyError(self._bad[ref.url])
         if not self.verifies(ref) or ref.bytes is None or ref.url in self._checked:
             return
         fs, path = storage.resolve(ref.url)
@@ -200,6 +224,7 @@ class ShardAccess:
 
                 read_whole(self.reader(), ref.url, size, sink)
             if self.verifies(ref) and ref.sha256 is not None and digest.hexdigest() != ref.sha256:
+                self._bad[ref.url] = f"{ref.url}: sha256 differs from the manifest's"
                 raise ShardVerifyError(f"{ref.url}: sha256 {digest.hexdigest()[:12]}… differs from the "
                                        f"manifest's {ref.sha256[:12]}…")
         except BaseException:
@@ -230,8 +255,6 @@ class ShardAccess:
 
 
 def _suppress():
-    import contextlib
-
     return contextlib.suppress(OSError)
 
 

@@ -26,7 +26,7 @@ import re
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -207,10 +207,12 @@ class ShardCache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
-    def fill_async(self, url: str, sha256: str, size: int) -> Future:
+    def fill_async(self, url: str, sha256: str, size: int,
+                   on_error: Callable[[OSError], None] | None = None) -> Future:
         """Start :meth:`fill` on this process's background thread (one download at a time); returns its future.
 
-        Failures become a :class:`ShardCacheWarning` (the shard is then read by ranges).
+        Failures become a :class:`ShardCacheWarning` (the shard is then read by ranges) and are passed to
+        ``on_error``.
         """
         with self._plock:
             fut = self._pending.get(sha256)
@@ -224,6 +226,8 @@ class ShardCache:
                     return self.fill(url, sha256, size)
                 except OSError as exc:
                     warnings.warn(f"shard cache: not caching {url}: {exc}", ShardCacheWarning, stacklevel=1)
+                    if on_error is not None:
+                        on_error(exc)
                     return None
 
             fut = self._pending[sha256] = self._bg.submit(run)

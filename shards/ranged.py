@@ -198,6 +198,13 @@ class RangeReader:
 
     # -- many reads ------------------------------------------------------------------------------------
 
+    def open(self, url: str, size: int | None = None) -> None:
+        """Open ``url`` now (its HEAD request) so later reads of it start at once."""
+        self._file(url, size)
+
+    def executor(self) -> ThreadPoolExecutor:
+        return self._executor()
+
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="e3d-range")
