@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=8, help="ranged requests in flight per DataLoader worker")
+    ap.add_argument("--threads", type=int, default=16, help="ranged requests in flight per DataLoader worker")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bandwidth", type=float, default=200e6, help="bytes/s for everything the store sends")
     ap.add_argument("--latencies", default="0.02,0.05", help="first-byte latencies in seconds")
