@@ -15,7 +15,7 @@ if __package__ in (None, ""):
     # Run as a plain script (``python pipeline/cli.py``): make the repository's packages importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training.config import DATASETS  # noqa: E402  (a light module: dataclasses only)
+from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
 
 
 def _splits(text: str | None) -> tuple[str, ...]:
@@ -139,28 +139,14 @@ def _model_kwargs(pairs: list[str] | None) -> dict:
 def _train_config(args: argparse.Namespace):
     from training.config import TrainConfig
 
-    overrides = {k: v for k, v in {
-        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "clip_len": args.clip_len, "size": args.size, "loader_workers": args.loader_workers, "seed": args.seed,
-        "train_split": args.train_split, "val_split": args.val_split, "dropout": args.dropout,
-        "checkpoint_every_steps": args.checkpoint_every, "profile_steps": args.profile,
-        "normalization": args.normalization, "weight_decay": args.weight_decay,
-        "max_steps_per_epoch": args.max_steps_per_epoch, "schedule": args.schedule,
-    }.items() if v is not None}
-    if args.milestones is not None:
-        overrides["milestones"] = tuple(int(m) for m in args.milestones.split(",") if m)
+    overrides = {name: getattr(args, name) for name in _train_flag_fields() if getattr(args, name) is not None}
     if args.model_arg:
         overrides["model_kwargs"] = _model_kwargs(args.model_arg)
-    if args.no_final_eval:
-        overrides["final_eval"] = False
-    overrides["use_gpu"] = args.gpu
     if args.command == "finetune" or args.finetune:
-        if not args.pretrained:
+        pretrained = overrides.pop("pretrained", None)
+        if not pretrained:
             raise ValueError("fine-tuning needs --pretrained CKPT")
-        return TrainConfig.finetune_preset(args.dataset, args.shards, args.out, pretrained=args.pretrained,
-                                           pretrained_format=args.pretrained_format, **overrides)
-    if args.pretrained:
-        overrides.update(pretrained=args.pretrained, pretrained_format=args.pretrained_format)
+        return TrainConfig.finetune_preset(args.dataset, args.shards, args.out, pretrained=pretrained, **overrides)
     return TrainConfig.for_dataset(args.dataset, args.shards, args.out, **overrides)
 
 
@@ -175,9 +161,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"e3d {args.command}: {exc}", file=sys.stderr)
         return 3
-    print(f"{cfg.model} on {cfg.dataset}: {m['epochs']} epochs, {m['step']} steps; "
-          f"video top1 {m.get('eval_video_top1', float('nan')):.3f} top5 {m.get('eval_video_top5', float('nan')):.3f}"
-          f"; checkpoints: last {m['checkpoint']}, best {m['best_checkpoint']}; metrics {cfg.out}/metrics.json")
+    print(f"{cfg.model} on {cfg.dataset}: {m.epochs} epochs, {m.step} steps; "
+          f"video top1 {m.eval_video_top1:.3f} top5 {m.eval_video_top5:.3f}"
+          f"; checkpoints: last {m.checkpoint}, best {m.best_checkpoint}; metrics {cfg.out}/metrics.json")
     return 0
 
 
@@ -191,34 +177,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# TrainConfig fields that are not generated flags: given another way (--dataset, --shards, --out, --model-arg,
+# --finetune, which picks the preset) below.
+_NOT_GENERATED = ("dataset", "shards", "out", "model_kwargs", "finetune")
+# Flags whose name is not the field's (kept from before the flags were generated).
+_FLAG_NAMES = {"checkpoint_every_steps": "--checkpoint-every", "profile_steps": "--profile", "use_gpu": "--gpu"}
+
+
+def _train_flag_fields() -> list[str]:
+    import dataclasses
+
+    from training.config import TrainConfig
+
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_GENERATED]
+
+
+def _comma_list(kind: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    parse.__name__ = f"comma-separated {kind.__name__}s"
+    return parse
+
+
+_FLAG_TYPES = {"str": str, "int": int, "float": float, "tuple[int, ...]": _comma_list(int),
+               "tuple[float, ...]": _comma_list(float)}
+
+
+def _add_config_flags(s: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (name, type, choices, help and default stated once, in the dataclass).
+    Every flag defaults to None, i.e. "not given", so the preset (paper or fine-tuning) decides; the help
+    shows TrainConfig's own default. Booleans get --X / --no-X."""
+    import dataclasses
+
+    from training.config import TrainConfig
+
+    docs = TrainConfig.field_docs()
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in _train_flag_fields():
+        f = fields[name]
+        kind = str(f.type).removesuffix(" | None")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{docs.get(name, '')} (default: {default})".replace("%", "%%")
+        flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if kind == "bool":
+            s.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            s.add_argument(flag, dest=name, type=_FLAG_TYPES[kind], choices=f.metadata.get("choices"), default=None,
+                           help=text)
+
+
 def _add_train_args(s: argparse.ArgumentParser, finetune: bool) -> None:
     s.add_argument("--dataset", choices=DATASETS, default="ucf101" if finetune else None, required=not finetune)
     s.add_argument("--shards", required=True, help="preprocessed dataset root")
     s.add_argument("--out", required=True, help="run directory (Ray storage_path/name); rerun with --resume")
-    s.add_argument("--model", default=None, help="registry name (default shufflenetv2_1.0x); see `e3d models`")
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="builder option, e.g. width_mult=0.5")
     s.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
-    s.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int, help="global batch (default 128), split across workers")
-    s.add_argument("--lr", type=float)
-    s.add_argument("--weight-decay", type=float)
-    s.add_argument("--schedule", choices=("plateau", "multistep", "constant"))
-    s.add_argument("--milestones", help="comma-separated epochs for --schedule multistep")
-    s.add_argument("--dropout", type=float)
-    s.add_argument("--clip-len", type=int, help="frames per clip (default 16)")
-    s.add_argument("--size", type=int, help="crop side in pixels (default 112)")
-    s.add_argument("--loader-workers", type=int, help="DataLoader processes per worker (default 2)")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--train-split")
-    s.add_argument("--val-split")
-    s.add_argument("--normalization", help="normalisation preset (paper, released-kinetics600, imagenet, ...)")
-    s.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    s.add_argument("--max-steps-per-epoch", type=int)
-    s.add_argument("--no-final-eval", action="store_true")
-    s.add_argument("--profile", type=int, metavar="N", help="torch.profiler trace of N steps (tensorboard plugin)")
-    s.add_argument("--pretrained", help="checkpoint to start from (ours or a released one)")
-    s.add_argument("--pretrained-format", choices=("auto", "ours", "released"), default="auto")
+    _add_config_flags(s)
     if not finetune:
         s.add_argument("--finetune", choices=("last-layer",), help="freeze all but a new head (needs --pretrained)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")

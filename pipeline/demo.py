@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from preprocess.config import PreprocessConfig
-from preprocess.ray_tasks import init_ray
 from preprocess.run import preprocess
 from preprocess.synth import SynthConfig, generate
 from shards.manifest import verify
+from shards.raycluster import init_ray
 
 DEMO_SYNTH = {
     "kinetics600": SynthConfig(num_classes=4, videos_per_class=6, seconds=3.0, seed=0),
@@ -103,12 +103,12 @@ def _train_and_eval(work: Path):
           f"({cfg.clip_len}x{cfg.size}x{cfg.size} clips, global batch {cfg.batch_size}, {cfg.epochs} epochs) ==",
           flush=True)
     t0 = time.monotonic()
-    metrics = run_training(cfg, workers=TRAIN_WORKERS, resume=True)  # a rerun continues (or just re-evaluates)
+    run = run_training(cfg, workers=TRAIN_WORKERS, resume=True)  # a rerun continues (or just re-evaluates)
     t_train = time.monotonic() - t0
     t0 = time.monotonic()
-    ev = run_evaluation(metrics["best_checkpoint"], str(shards), out=str(work / "eval"), workers=1)
+    ev = run_evaluation(run.best_checkpoint, str(shards), out=str(work / "eval"), workers=1)
     t_eval = time.monotonic() - t0
-    return cfg, summary, metrics, ev, (t_data, t_train, t_eval)
+    return cfg, summary, run, ev, (t_data, t_train, t_eval)
 
 
 def _print_training(cfg, summary, m, ev, times) -> None:
@@ -118,11 +118,11 @@ def _print_training(cfg, summary, m, ev, times) -> None:
     print("\n== training and evaluation summary ==")
     print(f"{'model':<20}{'train videos':>13}{'workers':>8}{'epochs':>7}{'steps':>7}{'train s':>9}"
           f"{'last clips/s':>13}{'data-wait':>10}")
-    print(f"{cfg.model:<20}{n_train:>13}{m['world_size']:>8}{m['epochs']:>7}{m['step']:>7}{t_train:>9.0f}"
-          f"{m.get('clips_per_s', float('nan')):>13.1f}{m.get('data_wait_frac', float('nan')):>10.0%}")
+    print(f"{cfg.model:<20}{n_train:>13}{m.world_size:>8}{m.epochs:>7}{m.step:>7}{t_train:>9.0f}"
+          f"{m.metrics.get('clips_per_s', float('nan')):>13.1f}{m.metrics.get('data_wait_frac', float('nan')):>10.0%}")
     print(f"{'checkpoint':<12}{'split':<12}{'videos':>7}{'clips':>7}{'video top1':>11}{'video top5':>11}"
           f"{'clip top1':>10}{'chance':>8}")
-    for name, r in (("last", {k[5:]: v for k, v in m.items() if k.startswith("eval_")}),
+    for name, r in (("last", {k[5:]: v for k, v in m.metrics.items() if k.startswith("eval_")}),
                     ("best", {k[5:]: v for k, v in ev.items() if k.startswith("eval_")})):
         print(f"{name:<12}{ev['split']:<12}{r['videos']:>7}{r['clips']:>7}{r['video_top1']:>11.3f}"
               f"{r['video_top5']:>11.3f}{r['clip_top1']:>10.3f}{chance:>8.2f}")

@@ -178,17 +178,16 @@ def _speed(trial: TrialSpec, iters: int, use_gpu: bool) -> float:
     return 8 * iters / (time.perf_counter() - t0)
 
 
-def decode_cost(shards: str, dataset: str, base: Mapping[str, Any], clips: int = 64) -> float:
+def decode_cost(tcfg, clips: int = 64) -> float:
     """CPU seconds the training loader spends per clip (read, decode, crop, resize), measured here.
 
-    Every trial of a sweep reads the same shards with the same clip settings, so one measurement gives the
-    data cost of each trained clip.
+    Every trial of a sweep reads the same shards with the same clip settings (``tcfg``: any trial's
+    TrainConfig), so one measurement gives the data cost of each trained clip.
     """
-    from training.data import ClipLoader, ClipStream, LoaderConfig, shard_specs
+    from training.data import ClipLoader, ClipStream, shard_specs
 
-    kw = {k: base[k] for k in ("clip_len", "size") if k in base}
-    lc = LoaderConfig.for_dataset(dataset, "train", batch_size=8, num_workers=0, seed=0, **kw)
-    loader = ClipLoader(ClipStream(shard_specs(shards, "train", videos=False), lc, rank=0, world_size=1))
+    loader = ClipLoader(ClipStream(shard_specs(tcfg.shards, tcfg.splits[0], videos=False),
+                                   decode_loader_config(tcfg), rank=0, world_size=1))
     loader.set_epoch(0)
     n, c0 = 0, _cpu()
     for batch in loader:
@@ -196,6 +195,13 @@ def decode_cost(shards: str, dataset: str, base: Mapping[str, Any], clips: int =
         if n >= clips:
             break
     return (_cpu() - c0) / max(n, 1)
+
+
+def decode_loader_config(tcfg):
+    """The training loader's config (:meth:`training.config.TrainConfig.loader_config`: clip length, size,
+    crop scales, seed) at batch 8, decoding in this process: ``getrusage(RUSAGE_SELF)`` counts only this
+    process's CPU time, so DataLoader worker processes would hide the cost being measured."""
+    return tcfg.loader_config("train", batch_size=8, num_workers=0)
 
 
 def _cpu() -> float:
@@ -215,22 +221,22 @@ def _run_trials(cfg: SweepConfig, trials: Sequence[TrialSpec], counts: Mapping[s
     t0 = time.monotonic()
     try:
         # resume=True: an unfinished trial (or group) continues from its last checkpoint, a new one starts fresh
-        ms = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume=True, address=cfg.address)
-        statuses = [m.get("status", "finished") for m in ms]
+        runs = run_group(tcfgs, run_dir, workers=cfg.workers_per_trial, resume=True, address=cfg.address)
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the sweep
-        ms = [{} for _ in trials]
-        statuses = [f"failed: {_cause(exc)}"] * len(ms)
+        from training.result import RunResult
+
+        runs = [RunResult(status=f"failed: {_cause(exc)}") for _ in trials]
     wall = time.monotonic() - t0
-    nan = float("nan")
     results = []
-    for trial, tcfg, m, status in zip(trials, tcfgs, ms, statuses, strict=True):
+    for trial, tcfg, run in zip(trials, tcfgs, runs, strict=True):
         params, mflops, macs = counts[trial.name]
+        status = run.status
         result = TrialResult(
             trial=trial.name, model=trial.model, dataset=cfg.dataset, status=status, params=params, mflops=mflops,
             macs_m=macs, clips_per_s=_speed(trial, cfg.speed_iters, cfg.use_gpu),
-            video_top1=float(m.get("eval_video_top1", nan)), video_top5=float(m.get("eval_video_top5", nan)),
-            clip_top1=float(m.get("eval_clip_top1", nan)), epochs=int(m.get("epochs", 0) or 0),
-            train_clips=int(m.get("step", 0) or 0) * int(tcfg.batch_size), wall_s=wall,
+            video_top1=run.eval_video_top1, video_top5=run.eval_video_top5,
+            clip_top1=run.eval_clip_top1, epochs=run.epochs,
+            train_clips=run.step * int(tcfg.batch_size), wall_s=wall,
             # one decode pass feeds every model of a group: each trained clip costs a share of a decode
             decode_cpu_s_per_clip=decode_s / len(trials),
             overrides=",".join(f"{k}={v}" for k, v in sorted({**trial.model_kwargs, **trial.overrides}.items())),
@@ -276,7 +282,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
     import ray
 
     from shards.manifest import read_dataset_info
-    from training.ray_train import init_ray
+    from shards.raycluster import init_ray
 
     out = storage.canonical(cfg.out)  # a local folder or an object-store URI (s3://, gs://)
     fs, base = storage.resolve(out)
@@ -307,7 +313,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[TrialResult]:
                 log(f"[sweep] {t.name}: finished earlier, skipped")
             else:
                 todo.append(t)
-        decode_s = decode_cost(cfg.shards, cfg.dataset, cfg.base) if todo else math.nan
+        decode_s = decode_cost(_train_config(cfg, todo[0])) if todo else math.nan
         if todo:
             log(f"[sweep] {len(todo)} trial(s) to run, {slots} at a time; loader decode cost "
                 f"{1000 * decode_s:.2f} CPU-ms per clip")

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shards.datasets import dataset_spec
 from shards.format import safe_key
 
 UCF_VIDEOS = "UCF-101"
-UCF_LISTS = "ucfTrainTestlist"
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".3gp", ".mpg", ".mpeg", ".ogv", ".wmv")
 
 
@@ -111,10 +111,14 @@ class Adapter:
 ADAPTERS: dict[str, Adapter] = {}
 
 
-def register_adapter(name: str, kind: str, all_splits: tuple[str, ...], list_file: Callable[[Path, str], Path],
-                     stride: int = 1):
+def register_adapter(name: str):
+    """Register the lister of dataset ``name``; kind, splits, list files and stride come from its
+    :class:`shards.datasets.DatasetSpec`."""
+    spec = dataset_spec(name)
+
     def deco(fn):
-        ADAPTERS[name] = Adapter(name, kind, all_splits, stride, fn, list_file)
+        ADAPTERS[name] = Adapter(name, spec.kind, spec.splits, spec.stored_stride, fn,
+                                 lambda root, split: root / spec.list_file(split))
         return fn
 
     return deco
@@ -232,24 +236,26 @@ def _items(entries: dict[str, dict], index: dict[str, int]) -> tuple[VideoItem, 
 
 
 def _k600_classes(root: Path) -> tuple[str, ...]:
-    path = root / "kinetics-600_train.csv"
+    path = root / K600.classes_file
     if not path.is_file():
         raise FileNotFoundError(f"{path}: needed for the class list (labels are taken from the train CSV)")
     with path.open(newline="", encoding="utf-8") as f:
         return tuple(sorted({row["label"].strip() for row in csv.DictReader(f) if row.get("label")}))
 
 
-@register_adapter("kinetics600", "video", ("train", "val", "test"),
-                  lambda root, split: root / f"kinetics-600_{split}.csv")
+K600 = dataset_spec("kinetics600")
+
+
+@register_adapter("kinetics600")
 def _list_kinetics(root: Path, splits: tuple[str, ...]) -> Listing:
     classes = _k600_classes(root)
     index = {c: i for i, c in enumerate(classes)}
     classes_from = f"not among the {len(classes)} train classes"
-    disk = _DiskIndex(root, ("train", "val", "test"))
+    disk = _DiskIndex(root, K600.splits)
     entries: dict[str, dict] = {}
     problems: list[Problem] = []
-    for split in ("train", "val", "test"):
-        path = root / f"kinetics-600_{split}.csv"
+    for split in K600.splits:
+        path = root / K600.list_file(split)
         if not path.is_file():
             if split in splits and split != "test":
                 raise FileNotFoundError(f"{path}: list for split {split!r} not found")
@@ -279,10 +285,12 @@ def _list_kinetics(root: Path, splits: tuple[str, ...]) -> Listing:
 JESTER_FRAMES = "20bn-jester-v1"
 
 
-@register_adapter("jester", "frames", ("train", "validation", "test"),
-                  lambda root, split: root / f"jester-v1-{split}.csv", stride=2)
+JESTER = dataset_spec("jester")
+
+
+@register_adapter("jester")
 def _list_jester(root: Path, splits: tuple[str, ...]) -> Listing:
-    labels_path = root / "jester-v1-labels.csv"
+    labels_path = root / JESTER.classes_file
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: Jester label list not found")
     classes = tuple(ln.strip() for ln in labels_path.read_text(encoding="utf-8").splitlines() if ln.strip())
@@ -291,7 +299,7 @@ def _list_jester(root: Path, splits: tuple[str, ...]) -> Listing:
     # An empty folder is a leaf too; _DiskIndex(folders=True) records leaves only, which is what we want.
     entries: dict[str, dict] = {}
     problems: list[Problem] = []
-    lists = {split: root / f"jester-v1-{split}.csv" for split in ("train", "validation", "test")}
+    lists = {split: root / JESTER.list_file(split) for split in JESTER.splits}
     for split, path, lineno, line in _list_lines(lists, splits):
         vid, _, label = (p.strip() for p in line.partition(";"))
         label = label or None
@@ -310,11 +318,12 @@ def _list_jester(root: Path, splits: tuple[str, ...]) -> Listing:
 # UCF-101
 
 
-@register_adapter("ucf101", "video", ("train1", "test1", "train2", "test2", "train3", "test3"),
-                  lambda root, split: root / UCF_LISTS / f"{split[:-1]}list0{split[-1]}.txt")
+UCF = dataset_spec("ucf101")
+
+
+@register_adapter("ucf101")
 def _list_ucf(root: Path, splits: tuple[str, ...]) -> Listing:
-    lists = root / UCF_LISTS
-    class_ind = lists / "classInd.txt"
+    class_ind = root / UCF.classes_file
     if not class_ind.is_file():
         raise FileNotFoundError(f"{class_ind}: UCF-101 class index not found")
     classes: list[str] = []
@@ -329,8 +338,7 @@ def _list_ucf(root: Path, splits: tuple[str, ...]) -> Listing:
     disk = _DiskIndex(root, (UCF_VIDEOS,))
     entries: dict[str, dict] = {}
     problems: list[Problem] = []
-    split_lists = {split: lists / f"{split[:-1]}list0{split[-1]}.txt"
-                   for split in ("train1", "test1", "train2", "test2", "train3", "test3")}
+    split_lists = {split: root / UCF.list_file(split) for split in UCF.splits}
     for split, path, lineno, line in _list_lines(split_lists, splits):
         line = line.strip()
         rel, given = line, None

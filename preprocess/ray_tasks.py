@@ -7,38 +7,11 @@ ordinary results and are never retried.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from preprocess.shard_task import ShardTask, process_shard
-
-# Short temp path: Ray's unix socket paths break when it is long.
-RAY_TMP = "/tmp/e3dray"
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start an embedded local Ray.
-
-    Returns True when this call started Ray (and so should shut it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            object_store_memory=150 * 1024 * 1024,
-            _temp_dir=RAY_TMP,
-            log_to_driver=False,
-        )
-    return True
+from shards.raycluster import init_ray  # noqa: F401  (preprocess.run starts Ray through this module)
 
 
 def run_tasks_ray(tasks: Sequence[ShardTask], *, max_retries: int = 3,

@@ -20,10 +20,8 @@ from preprocess.ray_tasks import Executor
 from preprocess.shard_task import ShardTask, plan_shards
 from shards import manifest as mf
 from shards import storage
+from shards.datasets import dataset_spec
 from shards.format import FORMAT_VERSION, safe_key
-
-DEFAULT_SHARD_SIZE = {"kinetics600": 100, "ucf101": 64, "jester": 1000}
-NATIVE_FPS = {"jester": 12.0}
 
 
 @dataclass(frozen=True)
@@ -79,17 +77,18 @@ class PreprocessSummary:
 
 def make_tasks(cfg: PreprocessConfig) -> tuple[Listing, list[ShardTask]]:
     adapter = get_adapter(cfg.dataset)
+    spec = dataset_spec(cfg.dataset)
     listing = adapter.list(cfg.src, cfg.splits or None)
     tasks = plan_shards(
         listing,
         src_root=str(storage.resolve(cfg.src)[1]),
         out_root=storage.canonical(cfg.out),
-        shard_size=cfg.shard_size or DEFAULT_SHARD_SIZE.get(cfg.dataset, 100),
+        shard_size=cfg.shard_size or spec.shard_size,
         short_side=cfg.short_side,
         quality=cfg.quality,
         stride=adapter.stride,
         decoder=cfg.decoder,
-        native_fps=NATIVE_FPS.get(cfg.dataset),
+        native_fps=spec.native_fps,
         timeout_s=cfg.timeout_s,
     )
     return listing, tasks

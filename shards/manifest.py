@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import storage
-from shards.format import iter_samples
+from shards.reader import check_sample, open_shard
 
 STATUSES = ("ok", "failed", "missing", "unlisted")
 
@@ -164,11 +164,37 @@ class VerifyResult:
         return not self.problems
 
 
+def _check_shard_samples(fs, path: str, rel: str, problems: list[str]) -> list[str]:
+    """Read every sample of a shard the way the training loader does (:class:`ShardReader`,
+    :func:`check_sample`, the frame blob by byte range, the first frame's JPEG header); append a problem per
+    bad sample and return the keys. Raises ``ValueError``/``OSError`` when the tar itself is unreadable."""
+    import simplejpeg
+
+    f, reader = open_shard(rel, sequential=True, filesystem=(fs, path))
+    keys = []
+    try:
+        for raw in reader.samples():
+            keys.append(raw.key)
+            try:
+                meta, _ = check_sample(raw)
+                assert raw.frames is not None  # check_sample refuses a sample without frames
+                offsets = meta["offsets"]
+                first = reader.read_range(raw.frames, 0, offsets[1])
+                simplejpeg.decode_jpeg_header(first)
+            except ValueError as exc:  # ShardFormatError is a ValueError too
+                problems.append(f"{rel}: sample {raw.key!r}: {exc}")
+    finally:
+        f.close()
+    return keys
+
+
 def verify(root: str, *, check_samples: bool = True) -> VerifyResult:
     """Re-check every shard of every split against the manifests.
 
     Checks size and sha256 of each shard, and (``check_samples``) that the tar holds exactly the keys the
-    manifest lists as ok for it. Returns the problems found; never raises on a mismatch.
+    manifest lists as ok for it, reading every sample through the training loader's reader and metadata
+    check (:func:`shards.reader.check_sample`), so a shard verify passes is one training can read.
+    Returns the problems found; never raises on a mismatch.
     """
     fs, base = storage.resolve(root)
     info = read_dataset_info(root)
@@ -202,8 +228,7 @@ def verify(root: str, *, check_samples: bool = True) -> VerifyResult:
         problems.extend(_verify_index(fs, base, rel, row, check_samples))
         if check_samples:
             try:
-                with fs.open_input_stream(path) as f:
-                    keys = [s.key for s in iter_samples(f, source=rel)]
+                keys = _check_shard_samples(fs, path, rel, problems)
             except (ValueError, OSError) as exc:
                 problems.append(f"{rel}: unreadable: {exc}")
                 continue

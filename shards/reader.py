@@ -304,6 +304,38 @@ class ShardReader:
         return self._read_exact(stop - start)
 
 
+def check_sample(raw: RawSample) -> tuple[dict[str, Any], int]:
+    """Parse and validate one sample's metadata against its members; the check training and ``verify`` share.
+
+    Returns ``(meta, label)``: the ``.json`` object (``offsets`` has ``num_frames + 1`` increasing byte
+    offsets into the ``.jpgs`` member, starting at 0 and ending at its size) and the ``.cls`` label index.
+    Raises ``ValueError`` saying what is wrong (missing member, unreadable JSON, offset table mismatch,
+    label disagreement); the frame bytes themselves are not read.
+    """
+    missing = raw.missing()
+    if missing:
+        raise ValueError(f"lacks member(s) {missing}")
+    try:
+        meta = json.loads(raw.members[META_EXT])
+        label = int(raw.members[CLS_EXT])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"unreadable metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a JSON object")
+    offsets = meta.get("offsets")
+    n = meta.get("num_frames")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"bad num_frames {n!r}")
+    if not isinstance(offsets, list) or len(offsets) != n + 1 or offsets[0] != 0:
+        raise ValueError("offset table does not match num_frames")
+    assert raw.frames is not None
+    if offsets[-1] != raw.frames.size or offsets != sorted(offsets):
+        raise ValueError("offset table does not match the frame blob")
+    if "label_index" in meta and meta["label_index"] != label:
+        raise ValueError(f".cls label {label} differs from metadata label_index {meta['label_index']}")
+    return meta, label
+
+
 def open_shard(url: str, *, sequential: bool | None = None,
                filesystem: tuple[pafs.FileSystem, str] | None = None) -> tuple[Any, ShardReader]:
     """Open a shard through pyarrow.fs; return ``(file, reader)`` (close the file when done).

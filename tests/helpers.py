@@ -6,6 +6,9 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from shards import storage
+from training.loop import Hooks
+
 
 class EdgeRng:
     """A stand-in for ``np.random.Generator.integers`` that always draws the lowest or the highest value.
@@ -34,3 +37,32 @@ def wait_for(cond: Callable[[], bool], proc: subprocess.Popen, timeout: float, i
             return False
         time.sleep(interval)
     return False
+
+
+# -- fault injection for training runs (training.loop.Hooks) ---------------------------------------------
+
+class RaiseAt(Hooks):
+    """Raise on rank 0 after global step ``step``, once per run directory: a marker file ``.fault-raise@N`` in
+    the run's ``out`` remembers it fired, so the restarted (or resumed) run gets past it. Picklable, for Ray."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, step, cfg, master):
+        if step != self.step or not master:
+            return
+        fs, base = storage.resolve(cfg.out)
+        marker = storage.join(base, f".fault-raise@{self.step}")
+        if not storage.exists(fs, marker):
+            storage.write_bytes_atomic(fs, marker, b"")
+            raise RuntimeError(f"injected fault at step {step}")
+
+
+class NanAt(Hooks):
+    """Make every member's loss NaN at global step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def loss(self, step, loss):
+        return loss * float("nan") if step == self.step else loss

@@ -184,3 +184,23 @@ def test_formats_are_not_confused(tmp_path: Path) -> None:
         load_checkpoint(released)
     with pytest.raises(ValueError, match="no .config"):
         save_checkpoint(tmp_path / "x.pt", nn.Linear(2, 2))
+
+
+def test_checkpoint_carries_the_normalisation_it_was_trained_with(tmp_path: Path) -> None:
+    """The convention stored next to the weights is what evaluation normalises with; a checkpoint written
+    before training kept it in sync (default convention stored, preset named in extra) still gets its preset."""
+    from training.data import PRESETS
+    from training.evaluate import stored_convention
+
+    model = get_model("shufflenetv2", num_classes=3, width_mult=0.25)
+    model.input_convention = PRESETS["imagenet"]
+    save_checkpoint(tmp_path / "new.pt", model, epoch=0, extra={"normalization": "imagenet"})
+    loaded, ckpt = load_checkpoint(tmp_path / "new.pt")
+    assert stored_convention(loaded, ckpt) == PRESETS["imagenet"] == loaded.input_convention
+    model.input_convention = PRESETS["paper"]  # what training wrote before, whatever the preset
+    save_checkpoint(tmp_path / "old.pt", model, epoch=0, extra={"normalization": "released-kinetics600"})
+    loaded, ckpt = load_checkpoint(tmp_path / "old.pt")
+    assert stored_convention(loaded, ckpt) == PRESETS["released-kinetics600"]
+    save_checkpoint(tmp_path / "plain.pt", model, epoch=0)
+    loaded, ckpt = load_checkpoint(tmp_path / "plain.pt")
+    assert stored_convention(loaded, ckpt) == PRESETS["paper"]

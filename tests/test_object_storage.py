@@ -15,6 +15,7 @@ from preprocess.run import preprocess
 from preprocess.synth import SynthConfig, generate
 from shards import storage
 from shards.manifest import read_dataset_info, shard_urls, verify
+from tests.helpers import RaiseAt
 from tests.test_train import TINY, tiny_cfg, tiny_shards  # noqa: F401  (session fixture)
 
 
@@ -131,11 +132,11 @@ def test_ray_training_on_s3_checkpoints_resumes_and_evaluates_there(ray_local, s
     _copy_tree_to_bucket(tiny_shards, shards)
     # 15 videos, 2 workers × 2 clips: 3 steps per epoch. The fault kills rank 0 at step 5; Ray restarts the
     # workers, which restore the epoch-1 checkpoint from the bucket.
-    cfg = tiny_cfg(shards, run, epochs=2, fault="raise@5", profile_steps=1)
-    result = run_training(cfg, workers=2, max_failures=1)
-    assert result["status"] == "finished" and result["resumed_at_step"] == 3 and result["step"] == 6
-    assert result["checkpoint"].startswith(f"{run}/") and result["best_checkpoint"].startswith(f"{run}/")
-    model, ckpt = load_checkpoint(result["checkpoint"])  # read straight from the bucket
+    cfg = tiny_cfg(shards, run, epochs=2, profile_steps=1)
+    result = run_training(cfg, workers=2, max_failures=1, hooks=RaiseAt(5))
+    assert result.status == "finished" and result.resumed_at_step == 3 and result.step == 6
+    assert result.checkpoint.startswith(f"{run}/") and result.best_checkpoint.startswith(f"{run}/")
+    model, ckpt = load_checkpoint(result.checkpoint)  # read straight from the bucket
     assert ckpt["extra"]["step"] == 6 and sum(p.numel() for p in model.parameters()) > 0
 
     objects = _objects(run)
@@ -150,9 +151,9 @@ def test_ray_training_on_s3_checkpoints_resumes_and_evaluates_there(ray_local, s
     with pytest.raises(ValueError, match="already holds a run"):  # the bucket's run is not silently overwritten
         run_training(cfg.replace(epochs=3), workers=2)
     again = run_training(cfg.replace(epochs=3), workers=2, resume=True)
-    assert again["resumed_at_step"] == 6 and again["step"] == 9
+    assert again.resumed_at_step == 6 and again.step == 9
 
-    ev = run_evaluation(again["best_checkpoint"], shards, out=f"s3://{s3}/eval", workers=2, batch_size=3)
+    ev = run_evaluation(again.best_checkpoint, shards, out=f"s3://{s3}/eval", workers=2, batch_size=3)
     assert ev["eval_videos"] == 15 and ev["eval_incomplete_videos"] == 0
     assert {"eval_validation.json", "predictions_validation.parquet"} <= set(_objects(f"s3://{s3}/eval"))
 

@@ -257,6 +257,43 @@ def test_verify_passes_then_catches_damage(processed, tmp_path):
     assert cli.returncode == 1 and "MISMATCH" in cli.stdout
 
 
+def test_verify_reads_samples_like_the_loader(processed, tmp_path):
+    """A shard whose bytes match the manifest but whose sample metadata the loader would refuse (offset
+    table one entry short) or whose first frame is not a JPEG fails verify, naming the shard and the sample."""
+    from shards.format import TarSampleWriter
+
+    out = tmp_path / "copy"
+    shutil.copytree(processed["kinetics600"][0], out)
+    shard = sorted(out.glob("shards/train/*.tar"))[0]
+    with open(shard, "rb") as f:
+        samples = list(iter_samples(f))
+    assert len(samples) >= 2
+    bad_offsets, bad_jpeg = samples[0].key, samples[1].key
+    with open(shard, "wb") as f:
+        w = TarSampleWriter(f)
+        for smp in samples:
+            meta, frames = dict(smp.meta), smp.frames
+            if smp.key == bad_offsets:
+                meta["num_frames"] += 1  # the offset table no longer has num_frames + 1 entries
+            if smp.key == bad_jpeg:
+                frames = b"\x00" * len(frames)
+            w.write(smp.key, smp.label_index, meta, frames)
+        w.close()
+    table_path = out / "manifest" / "train" / "shards.parquet"
+    rows = pq.read_table(table_path).to_pylist()
+    rel = shard.relative_to(out).as_posix()
+    for row in rows:  # make the manifest agree with the damaged bytes: only the sample check can catch it
+        if row["path"] == rel:
+            row["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+            row["bytes"] = shard.stat().st_size
+    pq.write_table(pq.read_table(table_path).from_pylist(rows, schema=pq.read_schema(table_path)), table_path)
+    r = verify(str(out))
+    assert not any("sha256" in p or "size" in p for p in r.problems), r.problems
+    assert any(bad_offsets in p and "offset table" in p and shard.name in p for p in r.problems), r.problems
+    assert any(bad_jpeg in p and shard.name in p for p in r.problems), r.problems
+    assert len(r.problems) == 2
+
+
 def test_failure_threshold_sets_the_exit_code(synth, processed, tmp_path):
     _, summary = processed["kinetics600"]
     assert summary.failed_fraction > 0 and summary.exit_code == 0  # max_failed=1.0

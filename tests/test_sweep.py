@@ -139,3 +139,18 @@ def test_a_failed_trial_reports_the_innermost_error():
                              "preprocessed dataset (dataset.json missing)\n")
     assert _cause(ray_style) == "FileNotFoundError: /d/dataset.json: not a preprocessed dataset (dataset.json missing)"
     assert _cause(ValueError("bad grid")) == "ValueError: bad grid"
+
+
+def test_decode_cost_reads_clips_as_the_trials_do():
+    # The decode-cost measurement must decode what training decodes: before issue 10 the sweep built its own
+    # LoaderConfig and dropped crop_scales (and the seed), so a sweep on small crops measured the paper's crops.
+    from pipeline.sweep import _train_config, decode_loader_config
+
+    base = {**TINY, "crop_scales": [1.0], "seed": 3, "loader_workers": 2}
+    cfg = SweepConfig(dataset="jester", shards="/s", out="/o", trials=(TrialSpec("a", "shufflenetv2_0.25x"),),
+                      base=base)
+    tcfg = _train_config(cfg, cfg.trials[0])
+    lc = decode_loader_config(tcfg)
+    assert lc == tcfg.loader_config("train", batch_size=8, num_workers=0)
+    assert (lc.mode, lc.scales, lc.seed, lc.clip_len, lc.size) == ("train", (1.0,), 3, 8, 32)
+    assert lc.num_workers == 0  # decoded in this process: getrusage(RUSAGE_SELF) sees only its own CPU time

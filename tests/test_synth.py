@@ -27,7 +27,7 @@ from preprocess.synth import (
     ucf_group,
     ucf_test_groups,
 )
-from preprocess.synth_motion import (
+from preprocess.synth.motion import (
     FLIP_SAFE_MOTIONS,
     MOTIONS,
     TIME_REVERSED,

@@ -8,6 +8,7 @@ with the real preprocessing code; models run at 8 frames × 32 px so a step take
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from preprocess.config import PreprocessConfig
 from preprocess.ray_tasks import run_tasks_local
 from preprocess.run import preprocess
 from preprocess.synth import SynthConfig, generate
+from tests.helpers import NanAt, RaiseAt
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import ClipLoader, ClipNormalizer, ClipStream, LoaderConfig, normalization_for, shard_specs
@@ -109,7 +111,8 @@ def test_direct_run_writes_checkpoints_tensorboard_profile_and_predictions(tiny_
     _, ckpt = load_checkpoint(out / "checkpoints" / "last" / "checkpoint.pt")
     extra = ckpt["extra"]
     assert extra["loader"]["epoch"] == 2 and extra["loader"]["batches_done"] == 0
-    assert extra["scheduler"] is not None and ckpt["optimizer"]["state"]
+    assert extra["version"] == 2 and len(extra["members"]) == 1  # format version 2: a list of members
+    assert extra["members"][0]["scheduler"] is not None and extra["members"][0]["optimizer"]["state"]
     assert TrainConfig.from_dict(extra["train_config"]).epochs == 2
     assert ckpt["input_convention"] is not None and extra["classes"]
 
@@ -162,18 +165,91 @@ def test_shared_decode_group_trains_each_model_exactly_as_alone(tiny_shards, tmp
         train_group(members[::-1], LocalSession(tmp_path / "g" / "ckpt"))
 
 
+def _as_version1(src: Path, dst: Path) -> None:
+    """Rewrite a loop checkpoint in the layout of format version 1 (before issue 10), as that code wrote it:
+    the first member is the checkpoint proper (weights, optimizer, ``extra`` best and scheduler), the others
+    are in ``extra["members"]``, and the training config still has the retired ``fault`` field."""
+    model, ckpt = load_checkpoint(src)
+    extra = dict(ckpt["extra"])
+    first, *others = extra.pop("members")
+    del extra["version"]
+    extra.update(best=first["best"], scheduler=first["scheduler"],
+                 train_config={**extra["train_config"], "fault": None})
+    if others:
+        extra["members"] = [{k: m[k] for k in ("model", "out", "state_dict", "optimizer", "best", "scheduler")}
+                            for m in others]
+    dst.parent.mkdir(parents=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    optimizer.load_state_dict(first["optimizer"])
+    save_checkpoint(dst, model, epoch=ckpt["epoch"], optimizer=optimizer, metrics=ckpt["metrics"], extra=extra)
+
+
+@pytest.mark.slow
+def test_version1_group_checkpoint_resumes_exactly_like_version2(tiny_shards, tmp_path):
+    members = [tiny_cfg(tiny_shards, tmp_path / "a", epochs=2, final_eval=False),
+               tiny_cfg(tiny_shards, tmp_path / "b", model="mobilenetv2_0.2x", lr=0.02, epochs=2, final_eval=False)]
+    train_group([m.replace(epochs=1) for m in members], LocalSession(tmp_path / "v2"))
+    _as_version1(tmp_path / "v2" / "last" / "checkpoint.pt", tmp_path / "v1" / "last" / "checkpoint.pt")
+    old = load_checkpoint(tmp_path / "v1" / "last" / "checkpoint.pt")[1]
+    assert "version" not in old["extra"] and len(old["extra"]["members"]) == 1 and old["optimizer"]["state"]
+
+    moved = [m.replace(out=str(tmp_path / "v1-out" / n)) for m, n in zip(members, "ab", strict=True)]
+    from_v1 = train_group(moved, LocalSession(tmp_path / "v1"))
+    from_v2 = train_group(members, LocalSession(tmp_path / "v2"))
+    assert [r["resumed_at_step"] for r in from_v1] == [r["resumed_at_step"] for r in from_v2] == [3, 3]
+    for n in "ab":  # every member continues bit-identically from either format
+        one, two = _weights(tmp_path / "v1-out" / n / "checkpoint.pt"), _weights(tmp_path / n / "checkpoint.pt")
+        assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one), n
+    assert load_checkpoint(tmp_path / "v1" / "last" / "checkpoint.pt")[1]["extra"]["version"] == 2  # saved anew
+
+
+def test_one_translation_from_train_to_loader_config():
+    cfg = TrainConfig.for_dataset("jester", "/s", "/o", clip_len=8, size=32, crop_scales=(1.0, 0.5), loader_workers=3,
+                                  seed=7)
+    train = cfg.loader_config("train", batch_size=2)
+    assert (train.mode, train.clip_len, train.size, train.scales, train.num_workers, train.seed, train.batch_size) == (
+        "train", 8, 32, (1.0, 0.5), 3, 7, 2)
+    assert train == LoaderConfig.for_dataset("jester", "train", clip_len=8, size=32, scales=(1.0, 0.5), num_workers=3,
+                                             seed=7, batch_size=2)
+    assert cfg.loader_config("eval").batch_size == cfg.batch_size and not cfg.loader_config("val").flip
+    assert TrainConfig.for_dataset("jester", "/s", "/o").loader_config("train").scales == LoaderConfig("jester").scales
+
+
+def test_run_result_is_a_typed_record_of_the_final_metrics():
+    from training.result import RunResult
+
+    done = RunResult.from_metrics({"status": "finished", "epochs": 2, "step": 6, "world_size": 2, "model": "m",
+                                   "dataset": "jester", "resumed_at_step": None, "eval_video_top1": 0.5,
+                                   "eval_videos": 15, "train_loss": 1.0}, checkpoint="c", best_checkpoint="b")
+    assert (done.status, done.epochs, done.step, done.world_size, done.resumed_at_step) == ("finished", 2, 6, 2, None)
+    assert (done.eval_video_top1, done.eval_videos, done.checkpoint, done.best_checkpoint) == (0.5, 15, "c", "b")
+    assert math.isnan(done.eval_video_top5) and done.metrics["train_loss"] == 1.0
+    stopped = RunResult.from_metrics({"status": "nonfinite", "message": "non-finite loss", "step": 4, "epoch": 1})
+    assert (stopped.status, stopped.message, stopped.step, stopped.epochs) == ("nonfinite", "non-finite loss", 4, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        done.step = 7
+
+
+def test_retired_fault_field_in_an_old_config_is_dropped():
+    d = TrainConfig.for_dataset("jester", "/s", "/o").to_dict()
+    assert "fault" not in d
+    assert TrainConfig.from_dict({**d, "fault": "raise@5"}) == TrainConfig.from_dict(d)
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({**d, "faults": None})
+
+
 @pytest.mark.slow
 def test_mid_epoch_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_shards, tmp_path):
     straight = tmp_path / "straight"
     train_loop(tiny_cfg(tiny_shards, straight, epochs=2, checkpoint_every_steps=2, final_eval=False))
     broken = tmp_path / "broken"
-    cfg = tiny_cfg(tiny_shards, broken, epochs=2, checkpoint_every_steps=2, final_eval=False, fault="raise@5")
+    cfg = tiny_cfg(tiny_shards, broken, epochs=2, checkpoint_every_steps=2, final_eval=False)
     with pytest.raises(RuntimeError, match="injected fault at step 5"):
-        train_loop(cfg)
+        train_loop(cfg, hooks=RaiseAt(5))
     # The last checkpoint is mid-epoch 2 (step 4 of 3 steps per epoch): resuming must continue from there.
     _, ckpt = load_checkpoint(broken / "checkpoints" / "last" / "checkpoint.pt")
     assert ckpt["extra"]["step"] == 4 and ckpt["extra"]["loader"]["batches_done"] == 1
-    result = train_loop(cfg)
+    result = train_loop(cfg, hooks=RaiseAt(5))  # fired once already: the marker in the run directory says so
     assert result["resumed_at_step"] == 4 and result["step"] == 6
     a = _weights(straight / "checkpoints" / "last" / "checkpoint.pt")
     b = _weights(broken / "checkpoints" / "last" / "checkpoint.pt")
@@ -186,7 +262,7 @@ def test_mid_epoch_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_sh
 def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path):
     out = tmp_path / "nan"
     session = LocalSession(out / "checkpoints")
-    result = train_loop(tiny_cfg(tiny_shards, out, epochs=3, fault="nan@5"), session)
+    result = train_loop(tiny_cfg(tiny_shards, out, epochs=3), session, hooks=NanAt(5))
     assert result["status"] == "nonfinite"
     assert "non-finite loss (nan) at step 5" in result["message"] and "last good checkpoint" in result["message"]
     assert json.loads((out / "metrics.json").read_text())["status"] == "nonfinite"
@@ -305,15 +381,15 @@ def test_ray_two_workers_survive_an_injected_failure_and_resume_after_stop(ray_l
 
     out = tmp_path / "ray-run"
     # 15 videos, 2 workers × 2 clips: 3 steps per epoch; step 5 is in the middle of epoch 2.
-    cfg = tiny_cfg(tiny_shards, out, epochs=2, fault="raise@5")
-    result = run_training(cfg, workers=2, max_failures=1)
-    assert result["status"] == "finished" and result["world_size"] == 2
+    cfg = tiny_cfg(tiny_shards, out, epochs=2)
+    result = run_training(cfg, workers=2, max_failures=1, hooks=RaiseAt(5))
+    assert result.status == "finished" and result.world_size == 2
     assert (out / ".fault-raise@5").exists()  # the fault did fire ...
-    assert result["resumed_at_step"] == 3  # ... and the restarted workers went on from the epoch-1 checkpoint
-    assert result["step"] == 6 and result["eval_incomplete_videos"] == 0
+    assert result.resumed_at_step == 3  # ... and the restarted workers went on from the epoch-1 checkpoint
+    assert result.step == 6 and result.eval_incomplete_videos == 0
     ckpts = sorted(p.name for p in out.glob("checkpoint_*")) or sorted(p.name for p in out.iterdir()
                                                                          if (p / "checkpoint.pt").exists())
-    assert Path(result["checkpoint"]).exists() and Path(result["checkpoint"]).parent.name.startswith("epoch0001")
+    assert Path(result.checkpoint).exists() and Path(result.checkpoint).parent.name.startswith("epoch0001")
     assert 1 <= len(ckpts) <= 2, ckpts  # latest and best only
     assert json.loads((out / "metrics.json").read_text())["status"] == "finished"
 
@@ -321,5 +397,5 @@ def test_ray_two_workers_survive_an_injected_failure_and_resume_after_stop(ray_l
     with pytest.raises(ValueError, match="already holds a run"):
         run_training(cfg.replace(epochs=3), workers=2)
     again = run_training(cfg.replace(epochs=3), workers=2, resume=True)
-    assert again["resumed_at_step"] == 6 and again["step"] == 9 and again["epochs"] == 3
-    assert math.isfinite(again["eval_video_top1"])
+    assert again.resumed_at_step == 6 and again.step == 9 and again.epochs == 3
+    assert math.isfinite(again.eval_video_top1)

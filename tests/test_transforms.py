@@ -10,7 +10,7 @@ import torch
 from shards.format import encode_jpeg_rgb
 from tests.helpers import EdgeRng
 from training.data.config import MULTISCALE, LoaderConfig
-from training.data.normalize import ACTIVITYNET_MEAN, ClipNormalizer, Normalization, normalization_for
+from training.data.normalize import ACTIVITYNET_MEAN, ClipNormalizer, InputConvention, normalization_for
 from training.data.transforms import (
     CropBox,
     center_box,
@@ -177,6 +177,6 @@ def test_normalizer_presets():
     with pytest.raises(ValueError):
         normalization_for(checkpoint="nope")
     with pytest.raises(ValueError):
-        Normalization(channel_order="GBR")
+        InputConvention(channel_order="GBR")
     with pytest.raises(ValueError):
-        ClipNormalizer(Normalization())(x[0])
+        ClipNormalizer(InputConvention())(x[0])

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from shards import storage
+from shards.datasets import DATASET_SPECS
 from training.models import InputConvention, ModelConfig, get_model
 from training.models.convention import RELEASED_CONVENTIONS
 
@@ -36,7 +37,7 @@ FORMAT = "e3d-checkpoint"
 FORMAT_VERSION = 1
 DATA_PARALLEL_PREFIX = "module."
 # Released class counts -> dataset, used to pick the input convention when the caller does not say.
-RELEASED_DATASETS = {600: "kinetics", 27: "jester"}
+RELEASED_DATASETS = {s.released_classes: s.released_name for s in DATASET_SPECS.values() if s.released_classes}
 # Upstream checkpoints older than PyTorch 0.4.1 lack these BN buffers; fresh zeros are equivalent for eval.
 _OPTIONAL_SUFFIX = "num_batches_tracked"
 _MAX_LISTED = 12

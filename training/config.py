@@ -18,21 +18,27 @@ pixels (H = W); epochs and milestones count completed epochs (0-based epoch ``e`
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DATASETS = ("kinetics600", "jester", "ucf101")
+from shards.datasets import DATASET_SPECS, DATASETS  # noqa: F401  (DATASETS re-exported)
 
 #: (train split, validation split) per dataset, as named in the shard manifests.
-DEFAULT_SPLITS = {"kinetics600": ("train", "val"), "jester": ("train", "validation"), "ucf101": ("train1", "test1")}
+DEFAULT_SPLITS = {name: (spec.train_split, spec.val_split) for name, spec in DATASET_SPECS.items()}
 
 #: The settings that decide which clips a run reads, in which order, and when it validates and checkpoints.
 #: Runs that agree on all of them can share one decode pass (:func:`training.loop.train_group`); model,
 #: recipe (lr, schedule, dropout, ...), normalisation, precision and ``out`` may differ.
 DATA_FIELDS = ("dataset", "shards", "train_split", "val_split", "epochs", "batch_size", "clip_len", "size",
                "crop_scales", "loader_workers", "seed", "val_every", "final_eval", "checkpoint_every_steps",
-               "max_steps_per_epoch", "use_gpu", "log_every", "profile_steps", "fault")
+               "max_steps_per_epoch", "use_gpu", "log_every", "profile_steps")
+
+#: Fields older configs (checkpoints) may hold that this code no longer has; :meth:`TrainConfig.from_dict`
+#: drops them. ``fault`` was test-only fault injection, now :class:`training.loop.Hooks`.
+RETIRED_FIELDS = ("fault",)
 
 SCHEDULES = ("plateau", "multistep", "constant")
 FINETUNE_MODES = ("none", "last-layer")
@@ -69,7 +75,9 @@ class TrainConfig:
         final_eval: after training, evaluate every non-overlapping window of every validation video.
         checkpoint_every_steps: also checkpoint mid-epoch every N optimizer steps (0: only at epoch ends).
         max_steps_per_epoch: cut epochs short (smoke tests); None runs the loader's full epoch.
-        pretrained: checkpoint to start from; ``pretrained_format`` says whose (``auto`` guesses from the file).
+        pretrained: checkpoint to start from (ours or one released by the paper's authors).
+        pretrained_format: whose checkpoint ``pretrained`` is: ``ours``, ``released``, or ``auto`` (guess from
+            the file).
         finetune: ``last-layer`` freezes every layer except a freshly initialised head (``none``: all train).
         normalization: a :mod:`training.data.normalize` preset; None picks the dataset's (or the released
             checkpoint's) convention.
@@ -78,11 +86,9 @@ class TrainConfig:
         channels_last: ``channels_last_3d`` memory format for model and input.
         log_every: steps between TensorBoard training scalars.
         profile_steps: record a torch.profiler trace of this many steps (0: off).
-        fault: testing only — ``raise@N`` raises on rank 0 at global step N, once per run directory;
-            ``nan@N`` makes the loss NaN at step N.
     """
 
-    dataset: str
+    dataset: str = field(metadata={"choices": DATASETS})
     shards: str
     out: str
     model: str = "shufflenetv2_1.0x"
@@ -96,7 +102,7 @@ class TrainConfig:
     dampening: float = 0.9
     weight_decay: float = 1e-3
     nesterov: bool = False
-    schedule: str = "plateau"
+    schedule: str = field(default="plateau", metadata={"choices": SCHEDULES})
     lr_gamma: float = 0.1
     plateau_patience: int = 10
     plateau_max_reductions: int = 3
@@ -112,25 +118,20 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     max_steps_per_epoch: int | None = None
     pretrained: str | None = None
-    pretrained_format: str = "auto"
-    finetune: str = "none"
+    pretrained_format: str = field(default="auto", metadata={"choices": PRETRAINED_FORMATS})
+    finetune: str = field(default="none", metadata={"choices": FINETUNE_MODES})
     normalization: str | None = None
     use_gpu: bool = False
     amp: bool = True
     channels_last: bool = True
     log_every: int = 10
     profile_steps: int = 0
-    fault: str | None = None
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.finetune not in FINETUNE_MODES:
-            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
-        if self.pretrained_format not in PRETRAINED_FORMATS:
-            raise ValueError(f"pretrained_format must be one of {PRETRAINED_FORMATS}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices is not None and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
         if self.finetune != "none" and not self.pretrained:
             raise ValueError(f"finetune={self.finetune!r} needs a pretrained checkpoint")
         for name in ("epochs", "batch_size", "clip_len", "size", "val_every", "log_every"):
@@ -140,9 +141,6 @@ class TrainConfig:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 < lr_gamma < 1")
         if self.nesterov and self.dampening != 0:
             raise ValueError("SGD with nesterov needs dampening 0 (the released code sets it so)")
-        if self.fault is not None and not (self.fault.partition("@")[0] in ("raise", "nan")
-                                           and self.fault.partition("@")[2].isdigit()):
-            raise ValueError(f"fault must be 'raise@STEP' or 'nan@STEP', got {self.fault!r}")
         # Normalise containers so that to_dict/from_dict round-trips and the object stays comparable.
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         if self.crop_scales is not None:
@@ -168,6 +166,24 @@ class TrainConfig:
         preset.update(overrides)
         return cls(dataset=dataset, shards=shards, out=out, pretrained=pretrained, **preset)
 
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Each field's description from the class docstring's ``Attributes:`` section (one line, reST
+        markup removed): the help text of the CLI flags generated from this class."""
+        docs: dict[str, str] = {}
+        names: list[str] = []
+        text = inspect.cleandoc(cls.__doc__ or "").split("Attributes:", 1)[-1]
+        for line in text.splitlines():
+            entry = re.match(r"^    ([a-z_][a-z0-9_, ]*): (.*)$", line)
+            if entry:
+                names = [n.strip() for n in entry.group(1).split(",")]
+                for n in names:
+                    docs[n] = entry.group(2).strip()
+            elif line.startswith("        ") and names:
+                for n in names:
+                    docs[n] += " " + line.strip()
+        return {n: re.sub(r":\w+:`([^`]+)`", r"\1", d).replace("``", "") for n, d in docs.items()}
+
     # -- helpers ------------------------------------------------------------------------------------------
 
     @property
@@ -181,6 +197,19 @@ class TrainConfig:
             raise ValueError(f"global batch_size {self.batch_size} does not split evenly over {world_size} "
                              "workers; pick a multiple of the worker count")
         return self.batch_size // world_size
+
+    def loader_config(self, mode: str, **overrides: Any):
+        """The :class:`training.data.LoaderConfig` this run reads with in ``mode`` (``train``, ``val``,
+        ``eval``): the dataset's policies with this config's clip length, crop size and scales, loader
+        processes and seed. ``batch_size`` defaults to the global batch; ``overrides`` replace any field
+        (the loop passes the per-worker batch). The one place a TrainConfig becomes a LoaderConfig."""
+        from training.data.config import LoaderConfig  # training.data.config imports this module
+
+        kw: dict[str, Any] = {"clip_len": self.clip_len, "size": self.size, "num_workers": self.loader_workers,
+                              "seed": self.seed, "batch_size": self.batch_size}
+        if self.crop_scales:
+            kw["scales"] = self.crop_scales
+        return LoaderConfig.for_dataset(self.dataset, mode, **{**kw, **overrides})
 
     def data_key(self) -> tuple[Any, ...]:
         """The :data:`DATA_FIELDS` values: configs with equal keys read the same clips (one decode pass)."""
@@ -200,6 +229,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}")

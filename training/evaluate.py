@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from shards import storage
-from training.data import ClipLoader, ClipNormalizer, LoaderConfig, ShardSpec
-from training.data.sampling import num_windows
+from training.data import PRESETS, ClipLoader, ClipNormalizer, InputConvention, LoaderConfig, ShardSpec
+from training.data.modes import ItemMode, mode_for
 
 
 class EvalCountError(RuntimeError):
@@ -56,46 +56,42 @@ class EvalResult:
         return {prefix + k: getattr(self, k) for k in keys}
 
 
+def stored_convention(model: torch.nn.Module, ckpt: Mapping[str, Any]) -> InputConvention:
+    """The input convention a checkpoint's weights were trained with: the one stored next to the weights
+    (``model.input_convention`` after :func:`training.checkpoints.load_checkpoint`). Checkpoints written before
+    training kept it in sync name their preset in ``extra["normalization"]`` instead, which then wins."""
+    legacy = (ckpt.get("extra") or {}).get("normalization")
+    conv = model.input_convention
+    if legacy is not None and legacy in PRESETS and PRESETS[legacy] != conv:
+        return PRESETS[legacy]
+    return conv
+
+
 def expected_clips(specs: Sequence[ShardSpec], cfg: LoaderConfig) -> dict[str, int]:
     """Clips per video key that a correct ``val``/``eval`` pass yields: 1 per video (``val``), or the number
     of non-overlapping windows (``eval``)."""
+    mode = mode_for(cfg)
+    if not isinstance(mode, ItemMode):
+        raise ValueError("expected_clips needs a 'val' or 'eval' mode config")
     out: dict[str, int] = {}
     for spec in specs:
         if spec.videos is None:
             raise ValueError(f"{spec.url}: shard spec has no per-video list (use shard_specs(videos=True))")
         for key, num_frames, stride in spec.videos:
-            out[key] = 1 if cfg.mode == "val" else num_windows(num_frames, cfg.clip_len, cfg.step_for(stride))
+            out[key] = mode.windows(cfg, num_frames, stride)
     return out
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormalizer, device: torch.device, *,
-             num_classes: int, expected: Mapping[str, int] | None = None, amp: bool = False,
-             with_predictions: bool = False) -> EvalResult:
-    """Run one ``val`` or ``eval`` pass of ``loader`` through ``model`` on every rank and combine the ranks.
-
-    Args:
-        model: maps normalised ``(B, 3, T, S, S)`` float clips to ``(B, num_classes)`` logits; it is put in
-            eval mode (and left there).
-        loader: a ``val``/``eval`` mode :class:`ClipLoader` of this rank.
-        normalizer: uint8 → model input, on ``device``.
-        expected: clips per video key (:func:`expected_clips`); a video with more clips raises
-            :class:`EvalCountError`, one with fewer (a corrupt sample) is counted in ``incomplete_videos``.
-        amp: bf16 autocast (CUDA only).
-        with_predictions: fill ``predictions`` (on every rank; callers write them from rank 0).
-
-    Returns:
-        The same :class:`EvalResult` on every rank.
-    """
-    if loader.dataset.cfg.mode == "train":
-        raise ValueError("evaluate needs a 'val' or 'eval' mode loader")
+def _accumulate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormalizer, device: torch.device,
+                k: int, use_amp: bool) -> tuple[torch.Tensor, tuple[dict, dict, dict]]:
+    """This rank's pass: float64 ``(clips, top-1 hits, top-k hits, loss sum)`` and per video key the sum of
+    softmax scores ((C,) float64), the clip count and the label."""
     model.eval()
     scores: dict[str, np.ndarray] = {}  # key -> (C,) float64 sum of softmax scores over the video's clips
     counts: dict[str, int] = {}
     labels: dict[str, int] = {}
     clip_stats = torch.zeros(4, dtype=torch.float64)  # clips, top1 hits, top5 hits, loss sum
-    k = min(5, num_classes)
-    use_amp = amp and device.type == "cuda"
     for batch in loader:
         valid = batch["valid"]
         if not bool(valid.any()):
@@ -123,8 +119,12 @@ def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormali
                 scores[key] = probs_np[i].copy()
                 counts[key] = 1
                 labels[key] = int(batch["labels"][i])
+    return clip_stats, (scores, counts, labels)
 
-    # -- combine ranks: every rank gets every rank's per-video sums, then adds them up.
+
+def _combine_ranks(clip_stats: torch.Tensor, per_video: tuple[dict, dict, dict]) -> tuple[dict, dict, dict]:
+    """Every rank gets every rank's per-video sums and adds them up (``clip_stats`` is all-reduced in place)."""
+    scores, counts, labels = per_video
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     if world > 1:
         torch.distributed.all_reduce(clip_stats)
@@ -142,14 +142,44 @@ def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormali
                 tot_counts[key] += c[key]
             else:
                 tot_scores[key], tot_counts[key], tot_labels[key] = v, c[key], lab[key]
+    return tot_scores, tot_counts, tot_labels
 
-    incomplete = 0
-    if expected is not None:
-        over = {key: (n, expected.get(key, 0)) for key, n in tot_counts.items() if n > expected.get(key, 0)}
-        if over:
-            sample = ", ".join(f"{key}: {n} > {e}" for key, (n, e) in list(over.items())[:5])
-            raise EvalCountError(f"{len(over)} video(s) got more clips than they have windows ({sample})")
-        incomplete = sum(1 for key, e in expected.items() if tot_counts.get(key, 0) < e)
+
+def _check_counts(tot_counts: Mapping[str, int], expected: Mapping[str, int]) -> int:
+    """Raise :class:`EvalCountError` when a video got more clips than it has windows; return how many videos
+    got fewer (a corrupt sample was skipped)."""
+    over = {key: (n, expected.get(key, 0)) for key, n in tot_counts.items() if n > expected.get(key, 0)}
+    if over:
+        sample = ", ".join(f"{key}: {n} > {e}" for key, (n, e) in list(over.items())[:5])
+        raise EvalCountError(f"{len(over)} video(s) got more clips than they have windows ({sample})")
+    return sum(1 for key, e in expected.items() if tot_counts.get(key, 0) < e)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: ClipLoader, normalizer: ClipNormalizer, device: torch.device, *,
+             num_classes: int, expected: Mapping[str, int] | None = None, amp: bool = False,
+             with_predictions: bool = False) -> EvalResult:
+    """Run one ``val`` or ``eval`` pass of ``loader`` through ``model`` on every rank and combine the ranks.
+
+    Args:
+        model: maps normalised ``(B, 3, T, S, S)`` float clips to ``(B, num_classes)`` logits; it is put in
+            eval mode (and left there).
+        loader: a ``val``/``eval`` mode :class:`ClipLoader` of this rank.
+        normalizer: uint8 → model input, on ``device``.
+        expected: clips per video key (:func:`expected_clips`); a video with more clips raises
+            :class:`EvalCountError`, one with fewer (a corrupt sample) is counted in ``incomplete_videos``.
+        amp: bf16 autocast (CUDA only).
+        with_predictions: fill ``predictions`` (on every rank; callers write them from rank 0).
+
+    Returns:
+        The same :class:`EvalResult` on every rank.
+    """
+    if not isinstance(loader.dataset.mode, ItemMode):
+        raise ValueError("evaluate needs a 'val' or 'eval' mode loader")
+    k = min(5, num_classes)
+    clip_stats, per_video = _accumulate(model, loader, normalizer, device, k, amp and device.type == "cuda")
+    tot_scores, tot_counts, tot_labels = _combine_ranks(clip_stats, per_video)
+    incomplete = 0 if expected is None else _check_counts(tot_counts, expected)
 
     v_top1 = v_top5 = 0
     preds: list[dict[str, Any]] = []
@@ -217,7 +247,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     from shards.manifest import read_dataset_info
     from training.checkpoints import load_checkpoint
     from training.config import TrainConfig
-    from training.data import ClipStream, normalization_for, shard_specs
+    from training.data import ClipStream, shard_specs
 
     device = device or (torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu"))
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
@@ -230,12 +260,10 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
         raise ValueError(f"{shards} has classes {classes}, the checkpoint was trained on {extra['classes']}")
     split = split or tcfg.splits[1]
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    lcfg = LoaderConfig.for_dataset(tcfg.dataset, mode, clip_len=tcfg.clip_len, size=tcfg.size,
-                                    batch_size=batch_size, num_workers=loader_workers)
+    lcfg = tcfg.loader_config(mode, batch_size=batch_size, num_workers=loader_workers)
     specs = shard_specs(shards, split, videos=True)
     loader = ClipLoader(ClipStream(specs, lcfg), pin_memory=device.type == "cuda")
-    normalizer = ClipNormalizer(normalization_for(tcfg.dataset, checkpoint=extra.get("normalization")),
-                                channels_last=tcfg.channels_last).to(device)
+    normalizer = ClipNormalizer(stored_convention(model, ckpt), channels_last=tcfg.channels_last).to(device)
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     r = evaluate(model, loader, normalizer, device, num_classes=len(classes), expected=expected_clips(specs, lcfg),

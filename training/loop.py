@@ -1,22 +1,29 @@
-"""The training loop: one function, :func:`train_group`, read top to bottom; :func:`train_loop` is the usual
-case of a group of one model. A group of several (``e3d sweep --shared-decode``) feeds each batch the loader
-decodes to every model in turn, so K models cost one decode pass.
+"""The training loop as a short driver over small named steps, in the spirit of nanoGPT's ``train.py`` and timm's
+``train_one_epoch``/``validate``::
+
+    train_group: setup → restore → per epoch: train_one_epoch → end_of_epoch (validate → schedule → checkpoint)
+                 → final_evaluation (per member)
+
+A :class:`Member` owns one model and what belongs to it alone: forward/backward/optimizer step, lr schedule,
+best score, meters, TensorBoard writer and ``state_dict``/``load_state_dict``. :func:`train_loop` trains one
+member; a group of several (``e3d sweep --shared-decode``) feeds each batch the loader decodes to every
+member in turn, so K models cost one decode pass. :class:`Hooks` lets callers (tests: fault injection) act at
+fixed points of the hot loop without the config knowing.
 
 It runs unchanged inside Ray Train workers (``training.ray_train`` passes a :class:`Session` that talks to
 Ray) and in a plain process with world size 1 (tests; the default :class:`LocalSession` keeps checkpoints
 under ``out/checkpoints``). Nothing here imports Ray: distributed state comes from ``torch.distributed``,
 which TorchTrainer initialises before calling the loop.
 
-Order of business (the same on every rank)::
+A checkpoint is one ``checkpoint.pt`` (:func:`training.checkpoints.save_checkpoint` format, so the first
+member's model loads and evaluates on its own) whose ``extra`` is the group's state, format version 2::
 
-    distributed setup → data → per model: model (+ pretrained weights, freezing), optimizer, schedule
-      → restore the latest checkpoint → epochs: train steps, each model on the same batch (checkpoint every
-        N steps) → per model: validate, schedule step → checkpoint → per model: final evaluation → metrics JSON
+    {"version": 2, "members": [Member.state_dict(), ...], "loader": ..., "step": ..., "rng": ...,
+     "train_config": first member's config, "normalization": ..., "classes": [...]}
 
-A checkpoint is one ``checkpoint.pt`` (:func:`training.checkpoints.save_checkpoint` format) holding model,
-optimizer, scheduler, loader position, step, best score, RNG state, the :class:`TrainConfig`, class names,
-normalisation preset and the model's input convention; a group's holds the other models' weights, optimizer,
-schedule and best score in ``extra["members"]``.
+(torch.save stores the first member's tensors once although both the top level and ``members[0]`` name them).
+Version 1 (first member at the top level, the others in ``extra["members"]``) still loads:
+:func:`checkpoint_members` reads both.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ from shards import storage
 from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
 from training.config import DATA_FIELDS, TrainConfig
-from training.data import ClipLoader, ClipNormalizer, ClipStream, LoaderConfig, normalization_for, shard_specs
-from training.evaluate import evaluate, expected_clips, write_predictions
+from training.data import ClipLoader, ClipNormalizer, ClipStream, normalization_for, shard_specs
+from training.data.normalize import InputConvention
+from training.evaluate import evaluate, expected_clips, stored_convention, write_predictions
 from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
 
@@ -121,11 +129,11 @@ def _builder_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | None]:
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, InputConvention | None]:
     """The model of ``cfg`` with ``num_classes`` outputs; with ``cfg.pretrained`` every tensor except the
     classifier comes from that checkpoint (ours or a released one) and the classifier is new.
 
-    Returns ``(model, normalisation preset implied by the pretrained weights or None)``.
+    Returns ``(model, input convention of the pretrained weights or None)``.
     """
     kwargs = _builder_kwargs(cfg)
     model = get_model(cfg.model, num_classes=num_classes, **kwargs)
@@ -140,19 +148,19 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, str | No
         src, ckpt = load_checkpoint(cfg.pretrained)
         if src.config.name != cfg.model:
             raise ValueError(f"pretrained checkpoint holds {src.config.name!r}, not {cfg.model!r}")
-        norm = (ckpt.get("extra") or {}).get("normalization")
+        conv = stored_convention(src, ckpt)
     else:
         plain = {k: v for k, v in cfg.model_kwargs.items() if k != "dropout"}
-        src, info = load_released_checkpoint(cfg.pretrained, cfg.model, **plain)
-        norm = {"kinetics": "released-kinetics600", "jester": "released-jester"}.get(info.dataset or "")
+        src, _ = load_released_checkpoint(cfg.pretrained, cfg.model, **plain)
+        conv = src.input_convention
     head = head_keys(cfg.model, **kwargs)
     backbone = {k: v for k, v in src.state_dict().items() if k not in head}
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     if unexpected or set(missing) - head:
         raise ValueError(f"pretrained weights do not fit {cfg.model}: missing {sorted(set(missing) - head)}, "
                          f"unexpected {sorted(unexpected)}")
-    model.input_convention = src.input_convention
-    return model, norm
+    model.input_convention = conv
+    return model, conv
 
 
 def freeze_all_but(model: nn.Module, trainable: set[str]) -> list[nn.Module]:
@@ -195,11 +203,28 @@ def _topk_hits(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Ten
     return (topk[:, 0] == y).sum(), (topk == y[:, None]).any(dim=1).sum()
 
 
-# -- the loop --------------------------------------------------------------------------------------------
+# -- hooks: fixed points where a caller may act (tests inject faults here) ---------------------------------
+
+
+class Hooks:
+    """Callbacks the loop makes; this base does nothing. Pass a subclass as ``train_group(..., hooks=)`` (or
+    ``run_training(..., hooks=)``: under Ray Train it is pickled to every worker, so keep it picklable)."""
+
+    def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        """Each member's loss (scalar float32) of global optimizer step ``step`` (1-based), before backward;
+        returns the loss to use."""
+        return loss
+
+    def on_step(self, step: int, cfg: TrainConfig, master: bool) -> None:
+        """After global optimizer step ``step`` (1-based) of every member; ``cfg`` is the group's first config,
+        ``master`` whether this is rank 0. An exception raised here ends the run (as a crash would)."""
+
+
+# -- one model of a run ----------------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
-class _Member:
+class Member:
     """One model of a run and everything that belongs to it alone. A run trains one member; a shared-decode
     group (:func:`train_group`) trains several from the same batches."""
 
@@ -215,22 +240,99 @@ class _Member:
     best: float = -math.inf
     last_train: dict[str, float] | None = None
     last_val: dict[str, float] | None = None
-    result: dict[str, Any] | None = None  # set when the member stopped early (non-finite loss)
+    result: dict[str, Any] | None = None  # final metrics; set early when the member stopped (non-finite loss)
     meter: Meter = field(default_factory=Meter)
     window: Meter = field(default_factory=Meter)
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, num_classes: int, device: torch.device, *, ddp: bool, master: bool) -> Member:
+        """Model (+ pretrained weights, freezing) on ``device``, input normalisation, optimizer and schedule."""
+        torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
+        raw, pretrained_conv = build_model(cfg, num_classes)
+        frozen_norms: list[nn.Module] = []
+        if cfg.finetune == "last-layer":
+            frozen_norms = freeze_all_but(raw, head_keys(cfg.model, **_builder_kwargs(cfg)))
+        norm_name = cfg.normalization
+        conv = (pretrained_conv if norm_name is None and pretrained_conv is not None
+                else normalization_for(cfg.dataset, checkpoint=norm_name))
+        raw.input_convention = conv  # saved with the weights: the one record of what the model expects
+        normalizer = ClipNormalizer(conv, channels_last=cfg.channels_last).to(device)
+        memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+        raw = raw.to(device, memory_format=memory_format)
+        on_gpu = device.type == "cuda"
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if on_gpu else None) if ddp else raw
+        # only the trainable parameters: frozen ones get no weight decay either
+        optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=cfg.lr,
+                                    momentum=cfg.momentum, dampening=cfg.dampening,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        return cls(cfg, raw, model, optimizer, make_scheduler(cfg, optimizer), normalizer, norm_name,
+                   frozen_norms, Observer(cfg.out, enabled=master))
 
     @property
     def name(self) -> str:
         """The member's label in a group: the last part of its ``out`` (a sweep's trial name)."""
         return self.cfg.out.rstrip("/").rsplit("/", 1)[-1]
 
-    def state(self) -> dict[str, Any]:
-        """What a group checkpoint holds for a member beyond the first (whose state is the checkpoint itself)."""
+    @property
+    def active(self) -> bool:
+        return self.result is None
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def start_epoch(self) -> None:
+        set_train_mode(self.raw, self.frozen_norms)
+        self.meter, self.window = Meter(), Meter()
+
+    def forward_backward(self, clips: torch.Tensor, y: torch.Tensor, step: int, hooks: Hooks
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Loss and gradients of one batch (uint8 ``clips`` (N, 3, T, H, W), int64 ``y`` (N,)) for global step
+        ``step`` (1-based). Returns the detached loss and the (top-1, top-5) hit counts; no update yet."""
+        with torch.autocast(clips.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp and clips.is_cuda):
+            logits = self.model(self.normalizer(clips))
+        loss = hooks.loss(step, F.cross_entropy(logits.float(), y))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach(), _topk_hits(logits.detach(), y, 5)
+
+    def record(self, step: int, loss: torch.Tensor, hits: tuple[torch.Tensor, torch.Tensor], clips: int,
+               wait_s: float, step_s: float, world: int, log: bool) -> None:
+        """Add one step to the epoch meter; with ``log``, write rank 0's recent steps to TensorBoard."""
+        loss_v, top1_v, top5_v = torch.stack([loss, hits[0].float(), hits[1].float()]).tolist()
+        for meter in (self.meter, self.window):
+            meter.add(loss_v, int(top1_v), int(top5_v), clips, wait_s, step_s)
+        if log:
+            w = self.window.reduced(1)  # clips/s scaled to all workers
+            self.obs.scalars(step, {"train/loss": w["loss"], "train/top1": w["top1"], "train/top5": w["top5"],
+                                    "train/lr": self.lr, "train/clips_per_s": w["clips_per_s"] * world,
+                                    "train/data_wait_frac": w["data_wait_frac"]})
+            self.window.reset()
+
+    def schedule(self, val_loss: float | None) -> None:
+        """Step the lr schedule once per epoch (plateau: only with a validation loss)."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if val_loss is not None:
+                self.scheduler.step(val_loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def stop_nonfinite(self, loss_value: float, step: int, epoch: int, master: bool) -> None:
+        msg = (f"non-finite loss ({loss_value}) at step {step + 1} (epoch {epoch + 1}); training stopped. The last "
+               "good checkpoint is kept; lower the lr or check the data, then resume from it.")
+        if master:
+            print(f"ERROR: {self.name}: {msg}", flush=True)
+        self.result = {"status": "nonfinite", "message": msg, "step": step, "epoch": epoch}
+        self.obs.write_json("metrics.json", self.result)
+        self.obs.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything of this member a checkpoint holds (plain values and tensors)."""
         return {"model": self.cfg.model, "out": self.cfg.out, "state_dict": self.raw.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "best": self.best,
+                "optimizer": self.optimizer.state_dict(), "best": self.best, "normalization": self.norm_name,
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
 
-    def load(self, state: dict[str, Any], what: str) -> None:
+    def load_state_dict(self, state: dict[str, Any], what: str) -> None:
         if state["model"] != self.cfg.model:
             raise ValueError(f"{what} holds {state['model']!r} where this run has {self.cfg.model!r}; "
                              "resume a group with the same members in the same order")
@@ -241,292 +343,314 @@ class _Member:
         self.best = float(state["best"])
 
 
-def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = None) -> dict[str, Any]:
-    """Train (and evaluate) one run on this rank. Returns the final metrics (the same on every rank), with
-    ``status`` ``"finished"`` or ``"nonfinite"`` (NaN/inf loss: stopped, last good checkpoint kept)."""
-    return train_group([config], session)[0]
+CHECKPOINT_VERSION = 2
 
 
-def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Session | None = None
-                ) -> list[dict[str, Any]]:
-    """Train several models from one decode pass: every batch the loader decodes feeds each model in turn.
+def checkpoint_members(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-member states (:meth:`Member.state_dict`) of a loop checkpoint (the dict
+    :func:`training.checkpoints.load_checkpoint` returns), version 2 or version 1."""
+    extra = ckpt["extra"]
+    if extra.get("version", 1) == CHECKPOINT_VERSION:
+        return list(extra["members"])
+    if extra.get("version", 1) != 1:
+        raise ValueError(f"loop checkpoint version {extra['version']} is not one this code reads (1, 2)")
+    first = {"model": ckpt["model"]["name"], "state_dict": ckpt["state_dict"], "optimizer": ckpt["optimizer"],
+             "best": extra["best"], "scheduler": extra.get("scheduler")}
+    return [first, *(extra.get("members") or [])]
 
-    The configs must agree on every :data:`training.config.DATA_FIELDS` setting (the first config's data
-    settings drive the loader, schedule of checkpoints and fault injection); models, recipes and ``out``
-    differ. Each member writes its own TensorBoard events, ``metrics.json`` and predictions under its
-    ``out``; the session's checkpoints hold every member (the first as the checkpoint proper, the others in
-    ``extra["members"]``), and at the end each member of a group of several also gets a plain
-    ``out/checkpoint.pt``. A member whose loss goes non-finite stops alone. With one config this is
-    :func:`train_loop`.
 
-    Returns one final-metrics dict per config, in order.
-    """
-    cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
+# -- the run: state shared by the members, and the steps of the driver -----------------------------------
+
+
+@dataclass(eq=False)
+class RunState:
+    """What the steps of one run share: the group's configs, session and hooks, the distributed setting,
+    the class names, the loaders' inputs, the members, the global step and the profiler."""
+
+    cfgs: list[TrainConfig]
+    session: Session
+    hooks: Hooks
+    device: torch.device
+    ddp: bool
+    world: int
+    master: bool
+    classes: list[str]
+    train_loader: ClipLoader
+    val_specs: list
+    members: list[Member]
+    step: int = 0
+    resumed_at: int | None = None
+    prof_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    prof: Any = None
+
+    @property
+    def cfg(self) -> TrainConfig:
+        """The data settings of the whole group (the first config's)."""
+        return self.cfgs[0]
+
+    @property
+    def grouped(self) -> bool:
+        return len(self.members) > 1
+
+    def active(self) -> list[Member]:
+        return [m for m in self.members if m.active]
+
+    def eval_loader(self, mode: str) -> tuple[ClipLoader, dict[str, int]]:
+        lcfg = self.cfg.loader_config(mode, batch_size=self.cfg.per_worker_batch(self.world))
+        loader = ClipLoader(ClipStream(self.val_specs, lcfg), pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator())
+        return loader, expected_clips(self.val_specs, lcfg)
+
+
+def _check_group(cfgs: list[TrainConfig]) -> None:
     if not cfgs:
         raise ValueError("train_group needs at least one config")
-    cfg = cfgs[0]  # the data settings of the whole group
     for other in cfgs[1:]:
-        diff = [f for f in DATA_FIELDS if getattr(other, f) != getattr(cfg, f)]
+        diff = [f for f in DATA_FIELDS if getattr(other, f) != getattr(cfgs[0], f)]
         if diff:
-            raise ValueError(f"{other.out}: a shared-decode group must agree on {diff} with {cfg.out}")
-    grouped = len(cfgs) > 1
-    session = session or LocalSession(storage.join(cfg.out, "checkpoints"))
+            raise ValueError(f"{other.out}: a shared-decode group must agree on {diff} with {cfgs[0].out}")
 
-    # -- distributed setup: TorchTrainer has initialised the process group; a direct call has none.
+
+def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> RunState:
+    """Distributed setup (TorchTrainer has initialised the process group; a direct call has none), the
+    training loader (per-worker share of the global batch) and one :class:`Member` per config."""
+    cfg = cfgs[0]
     ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if ddp else 0
     world = torch.distributed.get_world_size() if ddp else 1
-    master = rank == 0
+    master = (torch.distributed.get_rank() if ddp else 0) == 0
     device = session.device(cfg.use_gpu)
-    on_gpu = device.type == "cuda"
-    if on_gpu:
+    if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune conv algorithms once
-
-    # -- data: per-worker share of the global batch; every rank yields the same number of batches.
-    info = read_dataset_info(cfg.shards)
-    classes = list(info["classes"])
+    classes = list(read_dataset_info(cfg.shards)["classes"])
     train_split, val_split = cfg.splits
-    per_worker = cfg.per_worker_batch(world)
-    common = {"clip_len": cfg.clip_len, "size": cfg.size, "num_workers": cfg.loader_workers, "seed": cfg.seed,
-              "batch_size": per_worker}
     train_loader = ClipLoader(
         ClipStream(shard_specs(cfg.shards, train_split, videos=False),
-                   LoaderConfig.for_dataset(cfg.dataset, "train", **common,
-                                            **({"scales": cfg.crop_scales} if cfg.crop_scales else {}))),
+                   cfg.loader_config("train", batch_size=cfg.per_worker_batch(world))),
         # Each DataLoader iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a mid-epoch resume replays exactly the dropout masks of an uninterrupted run.
-        pin_memory=on_gpu, generator=torch.Generator().manual_seed(cfg.seed))
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
     val_specs = shard_specs(cfg.shards, val_split, videos=True)
+    members = [Member.build(c, len(classes), device, ddp=ddp, master=master) for c in cfgs]
+    return RunState(cfgs, session, hooks, device, ddp, world, master, classes, train_loader, val_specs, members)
 
-    def eval_loader(mode: str) -> tuple[ClipLoader, dict[str, int]]:
-        lcfg = LoaderConfig.for_dataset(cfg.dataset, mode, **common)
-        loader = ClipLoader(ClipStream(val_specs, lcfg), pin_memory=on_gpu, generator=torch.Generator())
-        return loader, expected_clips(val_specs, lcfg)
 
-    # -- per member: model, frozen layers, input normalisation on the device, optimizer and schedule
-    members: list[_Member] = []
-    for mcfg in cfgs:
-        torch.manual_seed(mcfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
-        raw, pretrained_norm = build_model(mcfg, len(classes))
-        frozen_norms: list[nn.Module] = []
-        if mcfg.finetune == "last-layer":
-            frozen_norms = freeze_all_but(raw, head_keys(mcfg.model, **_builder_kwargs(mcfg)))
-        norm_name = mcfg.normalization or pretrained_norm
-        normalizer = ClipNormalizer(normalization_for(mcfg.dataset, checkpoint=norm_name),
-                                    channels_last=mcfg.channels_last).to(device)
-        memory_format = torch.channels_last_3d if mcfg.channels_last else torch.contiguous_format
-        raw = raw.to(device, memory_format=memory_format)
-        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if on_gpu else None) if ddp else raw
-        # only the trainable parameters: frozen ones get no weight decay either
-        optimizer = torch.optim.SGD([p for p in raw.parameters() if p.requires_grad], lr=mcfg.lr,
-                                    momentum=mcfg.momentum, dampening=mcfg.dampening,
-                                    weight_decay=mcfg.weight_decay, nesterov=mcfg.nesterov)
-        members.append(_Member(mcfg, raw, model, optimizer, make_scheduler(mcfg, optimizer), normalizer, norm_name,
-                               frozen_norms, Observer(mcfg.out, enabled=master)))
-    lead = members[0]
+def restore(run: RunState) -> None:
+    """Resume from the session's latest checkpoint, if any: every member (model, optimizer, schedule, best
+    score), the loader position, the step and the RNG."""
+    path = run.session.restore()
+    if path is None:
+        return
+    _, ckpt = load_checkpoint(path)
+    extra = ckpt["extra"]
+    states = checkpoint_members(ckpt)
+    if len(states) != len(run.members):
+        raise ValueError(f"{path} holds {len(states)} model(s), this run has {len(run.members)}")
+    for m, state in zip(run.members, states, strict=True):
+        m.load_state_dict(state, str(path))
+    run.train_loader.load_state_dict(extra["loader"])
+    run.step = run.resumed_at = int(extra["step"])
+    torch.set_rng_state(extra["rng"])
+    if run.master:
+        print(f"resumed from {path} at epoch {run.train_loader.epoch + 1}, "
+              f"batch {run.train_loader.batches_done}, step {run.step}", flush=True)
 
-    # -- restore: models, optimizers, schedulers, loader position, step, best scores, RNG
-    step = 0
-    resumed_at: int | None = None
-    resume_path = session.restore()
-    if resume_path is not None:
-        _, ckpt = load_checkpoint(resume_path)
-        extra = ckpt["extra"]
-        saved = extra.get("members") or []
-        if len(saved) != len(members) - 1:
-            raise ValueError(f"{resume_path} holds {len(saved) + 1} model(s), this run has {len(members)}")
-        lead.load({"model": ckpt["model"]["name"], "state_dict": ckpt["state_dict"], "optimizer": ckpt["optimizer"],
-                   "best": extra["best"], "scheduler": extra.get("scheduler")}, str(resume_path))
-        for m, state in zip(members[1:], saved, strict=True):
-            m.load(state, str(resume_path))
-        train_loader.load_state_dict(extra["loader"])
-        step = int(extra["step"])
-        torch.set_rng_state(extra["rng"])
-        resumed_at = step
-        if master:
-            print(f"resumed from {resume_path} at epoch {train_loader.epoch + 1}, "
-                  f"batch {train_loader.batches_done}, step {step}", flush=True)
 
-    def checkpoint(tag: str, metrics: dict[str, Any], score: float) -> None:
-        """Rank 0 writes checkpoint.pt into a fresh folder; every rank reports (Ray needs all of them)."""
-        ckpt_dir = None
-        if master:
-            ckpt_dir = Path(tempfile.mkdtemp(prefix="e3d-ckpt-"))
-            extra = {"train_config": cfg.to_dict(), "step": step, "best": lead.best,
-                     "loader": train_loader.state_dict(),
-                     "scheduler": lead.scheduler.state_dict() if lead.scheduler is not None else None,
-                     "rng": torch.get_rng_state(), "normalization": lead.norm_name, "classes": classes}
-            if grouped:
-                extra["members"] = [m.state() for m in members[1:]]
-            save_checkpoint(ckpt_dir / CHECKPOINT_FILE, lead.raw, epoch=train_loader.epoch,
-                            optimizer=lead.optimizer,
-                            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, extra=extra)
-        session.report({**metrics, "score": score, "step": step}, ckpt_dir, tag)
+def checkpoint(run: RunState, tag: str, metrics: dict[str, Any], score: float) -> None:
+    """Rank 0 writes checkpoint.pt (format version 2) into a fresh folder; every rank reports (Ray needs all)."""
+    ckpt_dir = None
+    if run.master:
+        lead = run.members[0]
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="e3d-ckpt-"))
+        extra = {"version": CHECKPOINT_VERSION, "members": [m.state_dict() for m in run.members],
+                 "train_config": run.cfg.to_dict(), "step": run.step, "loader": run.train_loader.state_dict(),
+                 "rng": torch.get_rng_state(), "normalization": lead.norm_name, "classes": run.classes}
+        save_checkpoint(ckpt_dir / CHECKPOINT_FILE, lead.raw, epoch=run.train_loader.epoch,
+                        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, extra=extra)
+    run.session.report({**metrics, "score": score, "step": run.step}, ckpt_dir, tag)
 
-    def stop_nonfinite(m: _Member, loss_value: float, epoch: int) -> None:
-        msg = (f"non-finite loss ({loss_value}) at step {step + 1} (epoch {epoch + 1}); training stopped. The last "
-               "good checkpoint is kept; lower the lr or check the data, then resume from it.")
-        if master:
-            print(f"ERROR: {m.name}: {msg}", flush=True)
-        m.result = {"status": "nonfinite", "message": msg, "step": step, "epoch": epoch}
-        m.obs.write_json("metrics.json", m.result)
-        m.obs.close()
 
-    fault_kind, _, fault_step = (cfg.fault or "").partition("@")
-    prof_stack = contextlib.ExitStack()
-    prof = prof_stack.enter_context(maybe_profile(lead.obs.dir, cfg.profile_steps, enabled=master and step == 0,
-                                                  cuda=on_gpu))
+def _train_step(run: RunState, batch: dict[str, torch.Tensor], epoch: int, wait_s: float, t0: float) -> bool:
+    """One optimizer step of every active member on one batch. Returns False when no member is left."""
+    clips = batch["clips"].to(run.device, non_blocking=True)
+    y = batch["labels"].to(run.device, non_blocking=True)
+    stepping = run.active()
+    outs = [m.forward_backward(clips, y, run.step + 1, run.hooks) for m in stepping]  # one batch, every model
+    # NaN/inf: decided jointly (one tiny all-reduce) before the update, so every rank stops a model at the same
+    # step and no bad update reaches its weights or the checkpoints.
+    bad = (~torch.isfinite(torch.stack([loss for loss, _ in outs]))).float()
+    if run.ddp:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    for m, is_bad, (loss, _) in zip(stepping, bad.tolist(), outs, strict=True):
+        if is_bad:
+            m.stop_nonfinite(loss.item(), run.step, epoch, run.master)
+        else:
+            m.optimizer.step()
+    if not run.active():
+        return False
+    run.step += 1
+    run.hooks.on_step(run.step, run.cfg, run.master)
+    step_s = time.perf_counter() - t0
+    log = run.master and run.step % run.cfg.log_every == 0
+    for m, (loss, hits) in zip(stepping, outs, strict=True):
+        if m.active:
+            m.record(run.step, loss, hits, y.shape[0], wait_s, step_s, run.world, log)
+    return True
 
-    def active() -> list[_Member]:
-        return [m for m in members if m.result is None]
 
-    # -- epochs
-    for epoch in range(train_loader.epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)  # keeps a restored mid-epoch position
-        for m in active():
-            set_train_mode(m.raw, m.frozen_norms)
-            m.meter, m.window = Meter(), Meter()
-        batches = iter(train_loader)
-        while cfg.max_steps_per_epoch is None or train_loader.batches_done < cfg.max_steps_per_epoch:
+def train_one_epoch(run: RunState, epoch: int) -> bool:
+    """Train ``epoch`` from the loader's position (mid-epoch after a restore), checkpointing every
+    ``checkpoint_every_steps``. Returns False when every member stopped (non-finite loss)."""
+    cfg = run.cfg
+    run.train_loader.set_epoch(epoch)  # keeps a restored mid-epoch position
+    for m in run.active():
+        m.start_epoch()
+    batches = iter(run.train_loader)
+    try:
+        while cfg.max_steps_per_epoch is None or run.train_loader.batches_done < cfg.max_steps_per_epoch:
             t0 = time.perf_counter()
             batch = next(batches, None)
             if batch is None:
                 break
-            t1 = time.perf_counter()
-            clips = batch["clips"].to(device, non_blocking=True)
-            y = batch["labels"].to(device, non_blocking=True)
-            stepping = active()
-            losses, hits = [], []
-            for m in stepping:  # one decoded batch, every model of the group
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=m.cfg.amp and on_gpu):
-                    logits = m.model(m.normalizer(clips))
-                loss = F.cross_entropy(logits.float(), y)
-                if fault_kind == "nan" and step + 1 == int(fault_step):
-                    loss = loss * float("nan")
-                m.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                losses.append(loss.detach())
-                hits.append(_topk_hits(logits.detach(), y, 5))
-            # NaN/inf: decided jointly (one tiny all-reduce) before the update, so every rank stops a model at
-            # the same step and no bad update reaches its weights or the checkpoints.
-            bad = (~torch.isfinite(torch.stack(losses))).float()
-            if ddp:
-                torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-            for m, is_bad, loss in zip(stepping, bad.tolist(), losses, strict=True):
-                if is_bad:
-                    stop_nonfinite(m, loss.item(), epoch)
-                else:
-                    m.optimizer.step()
-            if not active():
-                batches.close()
-                prof_stack.close()
-                session.report(lead.result, None, None)
-                return [m.result for m in members]
-            step += 1
-            if fault_kind == "raise" and step == int(fault_step) and master:
-                fs, base = storage.resolve(cfg.out)
-                marker = storage.join(base, f".fault-{cfg.fault}")
-                if not storage.exists(fs, marker):  # once per run directory, so the restarted run gets past it
-                    storage.write_bytes_atomic(fs, marker, b"")
-                    raise RuntimeError(f"injected fault at step {step} (TrainConfig.fault={cfg.fault!r})")
-            t2 = time.perf_counter()
-            for m, loss, (top1, top5) in zip(stepping, losses, hits, strict=True):
-                if m.result is not None:
-                    continue
-                loss_v, top1_v, top5_v = torch.stack([loss, top1.float(), top5.float()]).tolist()
-                for meter in (m.meter, m.window):
-                    meter.add(loss_v, int(top1_v), int(top5_v), y.shape[0], t1 - t0, t2 - t0)
-                if master and step % cfg.log_every == 0:
-                    w = m.window.reduced(1)  # rank 0's recent steps; clips/s scaled to all workers
-                    m.obs.scalars(step, {"train/loss": w["loss"], "train/top1": w["top1"], "train/top5": w["top5"],
-                                         "train/lr": m.optimizer.param_groups[0]["lr"],
-                                         "train/clips_per_s": w["clips_per_s"] * world,
-                                         "train/data_wait_frac": w["data_wait_frac"]})
-                    m.window.reset()
-            if prof is not None:
-                prof.step()
-                if step >= cfg.profile_steps + 1:  # warm-up + active steps recorded: write the trace now
-                    prof_stack.close()
-                    prof = None
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                checkpoint(f"epoch{epoch:04d}-step{step:08d}", {"epoch": epoch, "kind": "step"}, score=-1.0)
+            if not _train_step(run, batch, epoch, time.perf_counter() - t0, t0):
+                return False
+            if run.prof is not None:
+                run.prof.step()
+                if run.step >= cfg.profile_steps + 1:  # warm-up + active steps recorded: write the trace now
+                    run.prof_stack.close()
+                    run.prof = None
+            if cfg.checkpoint_every_steps and run.step % cfg.checkpoint_every_steps == 0:
+                checkpoint(run, f"epoch{epoch:04d}-step{run.step:08d}", {"epoch": epoch, "kind": "step"}, score=-1.0)
+    finally:
         batches.close()
-        train_loader.set_epoch(epoch + 1)  # the saved loader position is "start of the next epoch"
+    run.train_loader.set_epoch(epoch + 1)  # the saved loader position is "start of the next epoch"
+    return True
 
-        # -- per member: validate (one centre clip per video), step the schedule, report; then checkpoint
-        scores, metrics = [], {"epoch": epoch, "kind": "epoch"}
-        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
-        for m in active():
-            train = m.last_train = m.meter.reduced(world)
-            val = None
-            if validate:
-                loader, expected = eval_loader("val")
-                r = evaluate(m.raw, loader, m.normalizer, device, num_classes=len(classes), expected=expected,
-                             amp=m.cfg.amp and on_gpu)
-                val = m.last_val = {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5}
-                if isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    m.scheduler.step(r.loss)
-            if m.scheduler is not None and not isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                m.scheduler.step()
-            lr = m.optimizer.param_groups[0]["lr"]
-            m.obs.epoch_line(epoch, cfg.epochs, step, train, val, lr, name=m.name if grouped else None)
-            m.obs.scalars(step, {"epoch/loss": train["loss"], "epoch/top1": train["top1"],
+
+def _validate(run: RunState, m: Member) -> dict[str, float]:
+    """One centre clip per validation video: loss, top-1, top-5 (clip level)."""
+    loader, expected = run.eval_loader("val")
+    r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
+                 amp=m.cfg.amp and run.device.type == "cuda")
+    return {"loss": r.loss, "top1": r.clip_top1, "top5": r.clip_top5}
+
+
+def end_of_epoch(run: RunState, epoch: int) -> None:
+    """Per member: validate, step the schedule, log and keep the best score; then one checkpoint for the
+    group, scored by the members' mean validation top-1 (which Ray keeps as "best").
+
+    The checkpoint comes last (not before validation) on purpose: it holds the stepped schedules and best
+    scores, and its score is this epoch's validation, so a resume repeats nothing and skips nothing."""
+    cfg = run.cfg
+    scores, metrics = [], {"epoch": epoch, "kind": "epoch"}
+    validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+    for m in run.active():
+        train = m.last_train = m.meter.reduced(run.world)
+        val = _validate(run, m) if validate else None
+        if val is not None:  # an epoch without validation keeps the last figures for the final metrics
+            m.last_val = val
+        m.schedule(val["loss"] if val is not None else None)
+        m.obs.epoch_line(epoch, cfg.epochs, run.step, train, val, m.lr, name=m.name if run.grouped else None)
+        m.obs.scalars(run.step, {"epoch/loss": train["loss"], "epoch/top1": train["top1"],
                                  "epoch/top5": train["top5"], "epoch/clips_per_s": train["clips_per_s"],
-                                 "epoch/data_wait_frac": train["data_wait_frac"], "epoch/lr": lr})
-            if val is not None:
-                m.obs.scalars(step, {"val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"]})
-            m.obs.flush()
-            score = val["top1"] if val is not None else -1.0
-            m.best = max(m.best, score)
-            scores.append(score)
-            mine = {"train_loss": train["loss"], "train_top1": train["top1"], "clips_per_s": train["clips_per_s"],
-                    "data_wait_frac": train["data_wait_frac"], "lr": lr}
-            if val is not None:
-                mine.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
-            metrics.update(mine if m is lead else {f"{k}/{m.name}": v for k, v in mine.items()})
-        # a group's checkpoint score (which Ray keeps as "best") is its members' mean validation top-1
-        checkpoint(f"epoch{epoch:04d}-step{step:08d}", metrics, score=sum(scores) / max(len(scores), 1))
-    prof_stack.close()
+                                 "epoch/data_wait_frac": train["data_wait_frac"], "epoch/lr": m.lr})
+        if val is not None:
+            m.obs.scalars(run.step, {"val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"]})
+        m.obs.flush()
+        score = val["top1"] if val is not None else -1.0
+        m.best = max(m.best, score)
+        scores.append(score)
+        mine = {"train_loss": train["loss"], "train_top1": train["top1"], "clips_per_s": train["clips_per_s"],
+                "data_wait_frac": train["data_wait_frac"], "lr": m.lr}
+        if val is not None:
+            mine.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
+        metrics.update(mine if m is run.members[0] else {f"{k}/{m.name}": v for k, v in mine.items()})
+    checkpoint(run, f"epoch{epoch:04d}-step{run.step:08d}", metrics, score=sum(scores) / max(len(scores), 1))
 
-    # -- final evaluation per member: every window of every validation video, video-level accuracy, predictions
-    for m in active():
-        result: dict[str, Any] = {"status": "finished", "epochs": cfg.epochs, "step": step,
-                                  "best_val_top1": m.best, "world_size": world, "model": m.cfg.model,
-                                  "dataset": cfg.dataset, "resumed_at_step": resumed_at}
-        if grouped:
-            result["shared_decode_group"] = [c.out for c in cfgs]
-        if m.last_train is not None:  # the last epoch trained in this session (absent when resumed at the end)
-            result.update({"train_loss": m.last_train["loss"], "train_top1": m.last_train["top1"],
-                           "clips_per_s": m.last_train["clips_per_s"],
-                           "data_wait_frac": m.last_train["data_wait_frac"]})
-        if m.last_val is not None:
-            result.update({f"val_{k}": v for k, v in m.last_val.items()})
-        if cfg.final_eval:
-            loader, expected = eval_loader("eval")
-            r = evaluate(m.raw, loader, m.normalizer, device, num_classes=len(classes), expected=expected,
-                         amp=m.cfg.amp and on_gpu, with_predictions=master)
-            result.update(r.metrics("eval_"))
-            result["eval_split"] = val_split
-            m.obs.scalars(step, {"eval/video_top1": r.video_top1, "eval/video_top5": r.video_top5,
+
+def _final_checkpoint(run: RunState, m: Member) -> str:
+    """A plain checkpoint of one group member in ``out/checkpoint.pt``, loadable and evaluable on its own."""
+    local = Path(tempfile.mkdtemp(prefix="e3d-final-")) / CHECKPOINT_FILE
+    save_checkpoint(local, m.raw, epoch=run.cfg.epochs, optimizer=None, metrics={},
+                    extra={"train_config": m.cfg.to_dict(), "step": run.step, "normalization": m.norm_name,
+                           "classes": run.classes})
+    fs, path = storage.resolve(storage.join(m.cfg.out, CHECKPOINT_FILE))
+    storage.write_bytes_atomic(fs, path, local.read_bytes())
+    shutil.rmtree(local.parent, ignore_errors=True)
+    return storage.to_uri(fs, path)
+
+
+def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
+    """One member's final metrics: every window of every validation video (video-level accuracy,
+    predictions) when ``final_eval``, plus the last epoch's training and validation figures."""
+    cfg, val_split = run.cfg, run.cfg.splits[1]
+    result: dict[str, Any] = {"status": "finished", "epochs": cfg.epochs, "step": run.step, "best_val_top1": m.best,
+                              "world_size": run.world, "model": m.cfg.model, "dataset": cfg.dataset,
+                              "resumed_at_step": run.resumed_at}
+    if run.grouped:
+        result["shared_decode_group"] = [c.out for c in run.cfgs]
+    if m.last_train is not None:  # the last epoch trained in this session (absent when resumed at the end)
+        result.update({"train_loss": m.last_train["loss"], "train_top1": m.last_train["top1"],
+                       "clips_per_s": m.last_train["clips_per_s"], "data_wait_frac": m.last_train["data_wait_frac"]})
+    if m.last_val is not None:
+        result.update({f"val_{k}": v for k, v in m.last_val.items()})
+    if cfg.final_eval:
+        loader, expected = run.eval_loader("eval")
+        r = evaluate(m.raw, loader, m.normalizer, run.device, num_classes=len(run.classes), expected=expected,
+                     amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
+        result.update(r.metrics("eval_"))
+        result["eval_split"] = val_split
+        m.obs.scalars(run.step, {"eval/video_top1": r.video_top1, "eval/video_top5": r.video_top5,
                                  "eval/clip_top1": r.clip_top1})
-            if master:
-                result["predictions"] = write_predictions(
-                    storage.join(m.cfg.out, f"predictions_{val_split}.parquet"), r.predictions, classes)
-                print(f"{m.name + ': ' if grouped else ''}eval {val_split}: {r.videos} videos / {r.clips} clips: "
-                      f"video top1 {r.video_top1:.3f} top5 {r.video_top5:.3f}, clip top1 {r.clip_top1:.3f}", flush=True)
-        if grouped and master:  # a plain checkpoint per member, loadable and evaluable on its own
-            local = Path(tempfile.mkdtemp(prefix="e3d-final-")) / CHECKPOINT_FILE
-            save_checkpoint(local, m.raw, epoch=cfg.epochs, optimizer=None, metrics={},
-                            extra={"train_config": m.cfg.to_dict(), "step": step, "normalization": m.norm_name,
-                                   "classes": classes})
-            fs, path = storage.resolve(storage.join(m.cfg.out, CHECKPOINT_FILE))
-            storage.write_bytes_atomic(fs, path, local.read_bytes())
-            shutil.rmtree(local.parent, ignore_errors=True)
-            result["final_checkpoint"] = storage.to_uri(fs, path)
-        m.result = result
-        m.obs.write_json("metrics.json", result)
-    session.report(lead.result, None, None)
-    for m in members:
+        if run.master:
+            result["predictions"] = write_predictions(
+                storage.join(m.cfg.out, f"predictions_{val_split}.parquet"), r.predictions, run.classes)
+            print(f"{m.name + ': ' if run.grouped else ''}eval {val_split}: {r.videos} videos / {r.clips} clips: "
+                  f"video top1 {r.video_top1:.3f} top5 {r.video_top5:.3f}, clip top1 {r.clip_top1:.3f}", flush=True)
+    if run.grouped and run.master:
+        result["final_checkpoint"] = _final_checkpoint(run, m)
+    m.obs.write_json("metrics.json", result)
+    return result
+
+
+# -- the driver ------------------------------------------------------------------------------------------
+
+
+def train_loop(config: dict[str, Any] | TrainConfig, session: Session | None = None,
+               hooks: Hooks | None = None) -> dict[str, Any]:
+    """Train (and evaluate) one run on this rank. Returns the final metrics (the same on every rank), with
+    ``status`` ``"finished"`` or ``"nonfinite"`` (NaN/inf loss: stopped, last good checkpoint kept)."""
+    return train_group([config], session, hooks)[0]
+
+
+def train_group(configs: Sequence[dict[str, Any] | TrainConfig], session: Session | None = None,
+                hooks: Hooks | None = None) -> list[dict[str, Any]]:
+    """Train several models from one decode pass: every batch the loader decodes feeds each model in turn.
+
+    The configs must agree on every :data:`training.config.DATA_FIELDS` setting (the first config's data
+    settings drive the loader and the schedule of checkpoints); models, recipes and ``out`` differ. Each
+    member writes its own TensorBoard events, ``metrics.json`` and predictions under its ``out``; the
+    session's checkpoints hold every member, and at the end each member of a group of several also gets a
+    plain ``out/checkpoint.pt``. A member whose loss goes non-finite stops alone. With one config this is
+    :func:`train_loop`. ``hooks`` (default: none) are called at fixed points of the loop.
+
+    Returns one final-metrics dict per config, in order.
+    """
+    cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
+    _check_group(cfgs)
+    run = setup(cfgs, session or LocalSession(storage.join(cfgs[0].out, "checkpoints")), hooks or Hooks())
+    restore(run)
+    run.prof = run.prof_stack.enter_context(maybe_profile(run.members[0].obs.dir, run.cfg.profile_steps,
+                                                          enabled=run.master and run.step == 0,
+                                                          cuda=run.device.type == "cuda"))
+    with run.prof_stack:
+        for epoch in range(run.train_loader.epoch, run.cfg.epochs):
+            if not train_one_epoch(run, epoch):
+                break
+            end_of_epoch(run, epoch)
+    for m in run.active():
+        m.result = final_evaluation(run, m)
+    run.session.report(run.members[0].result, None, None)
+    for m in run.members:
         m.obs.close()
-    return [m.result for m in members]
+    return [m.result for m in run.members]

@@ -21,7 +21,6 @@ checkpoints (epoch ends and every ``checkpoint_every_steps`` steps).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -32,28 +31,10 @@ import pyarrow.fs as pafs
 import torch
 
 from shards import storage
+from shards.raycluster import init_ray
 from training.config import TrainConfig
-from training.loop import CHECKPOINT_FILE, NonFiniteLossError, Session, train_group
-
-# Ray's unix socket paths break when its temp dir is long (pytest's tmp dirs are).
-RAY_TEMP_DIR = "/tmp/e3dray"
-
-
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start an embedded local Ray. Returns True when this
-    call started or connected Ray (the caller then shuts it down), False when Ray was already up."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=RAY_TEMP_DIR,
-                 object_store_memory=200 * 1024 * 1024)
-    return True
+from training.loop import CHECKPOINT_FILE, Hooks, NonFiniteLossError, Session, train_group
+from training.result import RunResult
 
 
 class RaySession(Session):
@@ -88,7 +69,7 @@ class RaySession(Session):
 
 
 def _train_worker(config: dict[str, Any]) -> None:
-    train_group(config["members"], RaySession())
+    train_group(config["members"], RaySession(), config.get("hooks"))
 
 
 def has_run_state(out: str) -> bool:
@@ -123,32 +104,34 @@ def _trainer(fn, loop_config: dict[str, Any], *, workers: int, use_gpu: bool, ru
 
 
 def run_training(cfg: TrainConfig, *, workers: int = 2, max_failures: int = 1, address: str | None = None,
-                 resume: bool = False, num_cpus: int | None = None) -> dict[str, Any]:
+                 resume: bool = False, num_cpus: int | None = None, hooks: Hooks | None = None) -> RunResult:
     """Train ``cfg`` on ``workers`` Ray Train workers (DDP: gloo on CPU, NCCL with ``cfg.use_gpu``).
 
     ``cfg.out`` is the run directory (Ray's ``storage_path/name``; local path or object-store URI). An existing
     run is refused unless ``resume``; with ``resume`` the run continues from its latest checkpoint.
 
-    Returns the final metrics (see :func:`training.loop.train_loop`) plus ``checkpoint`` (latest) and
-    ``best_checkpoint`` paths (URIs when ``cfg.out`` is one). Raises :class:`NonFiniteLossError` when the loss
+    Returns a :class:`training.result.RunResult`: the final metrics (see :func:`training.loop.train_loop`)
+    with ``checkpoint`` (latest) and ``best_checkpoint`` paths (URIs when ``cfg.out`` is one). ``hooks`` go
+    to the loop on every worker (picklable). Raises :class:`NonFiniteLossError` when the loss
     went NaN/inf (the last good checkpoint stays in the run directory) and ``RuntimeError`` when the run failed
     beyond ``max_failures``.
     """
-    metrics = run_group([cfg], cfg.out, workers=workers, max_failures=max_failures, address=address,
-                        resume=resume, num_cpus=num_cpus)[0]
-    if metrics.get("status") == "nonfinite":
-        raise NonFiniteLossError(f"{metrics['message']} Last good checkpoint: {metrics['checkpoint']}")
-    return metrics
+    result = run_group([cfg], cfg.out, workers=workers, max_failures=max_failures, address=address,
+                       resume=resume, num_cpus=num_cpus, hooks=hooks)[0]
+    if result.status == "nonfinite":
+        raise NonFiniteLossError(f"{result.message} Last good checkpoint: {result.checkpoint}")
+    return result
 
 
 def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, max_failures: int = 1,
-              address: str | None = None, resume: bool = False, num_cpus: int | None = None
-              ) -> list[dict[str, Any]]:
+              address: str | None = None, resume: bool = False, num_cpus: int | None = None,
+              hooks: Hooks | None = None) -> list[RunResult]:
     """Train several models from one decode pass (:func:`training.loop.train_group`) as one Ray Train run
     whose checkpoints live in ``run_dir``; each member's metrics, TensorBoard and predictions go to its own
     ``out``. With one config whose ``out`` is ``run_dir`` this is :func:`run_training`.
 
-    Returns each member's final metrics (``status`` ``finished`` or ``nonfinite``) with ``checkpoint``: the
+    Returns each member's :class:`training.result.RunResult` (``status`` ``finished`` or ``nonfinite``) with
+    ``checkpoint``: the
     run's latest checkpoint for a single run, the member's own final ``out/checkpoint.pt`` in a group (the
     group's checkpoint, which holds every member, is ``group_checkpoint``).
     """
@@ -161,7 +144,7 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
                          "another --out")
     started = init_ray(address, num_cpus=num_cpus)
     try:
-        trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs]}, workers=workers,
+        trainer = _trainer(_train_worker, {"members": [c.to_dict() for c in cfgs], "hooks": hooks}, workers=workers,
                            use_gpu=cfgs[0].use_gpu, run_dir=run_dir, max_failures=max_failures, keep_best=True)
         result = trainer.fit()
     finally:
@@ -181,12 +164,11 @@ def run_group(cfgs: Sequence[TrainConfig], run_dir: str, *, workers: int = 2, ma
         metrics = (json.loads(storage.read_bytes(fs, summary)) if storage.exists(fs, summary)
                    else dict(result.metrics or {}))
         if len(cfgs) == 1:
-            metrics["checkpoint"] = latest
-            metrics["best_checkpoint"] = max(scored)[1] if scored else latest
+            paths = {"checkpoint": latest, "best_checkpoint": max(scored)[1] if scored else latest}
         else:
-            metrics["checkpoint"] = metrics["best_checkpoint"] = metrics.get("final_checkpoint")
-            metrics["group_checkpoint"] = latest
-        out.append(metrics)
+            own = metrics.get("final_checkpoint")
+            paths = {"checkpoint": own, "best_checkpoint": own, "group_checkpoint": latest}
+        out.append(RunResult.from_metrics(metrics, **paths))
     return out
 
 

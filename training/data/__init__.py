@@ -17,13 +17,14 @@ Typical use on each rank::
 """
 
 from training.data.config import MULTISCALE, LoaderConfig
-from training.data.normalize import ClipNormalizer, Normalization, normalization_for
+from training.data.normalize import PRESETS, ClipNormalizer, InputConvention, normalization_for
 from training.data.plan import ShardSpec
 from training.data.stream import (
     ClipLoader,
     ClipStream,
     CorruptDataError,
     CorruptSampleWarning,
+    EpochStream,
     scan_shard_specs,
     shard_specs,
 )
@@ -35,8 +36,10 @@ __all__ = [
     "ClipStream",
     "CorruptDataError",
     "CorruptSampleWarning",
+    "EpochStream",
+    "InputConvention",
     "LoaderConfig",
-    "Normalization",
+    "PRESETS",
     "ShardSpec",
     "normalization_for",
     "scan_shard_specs",

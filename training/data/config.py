@@ -5,21 +5,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from training.config import DATASETS
+from shards.datasets import DATASET_SPECS, DATASETS
 
 MODES = ("train", "val", "eval")
 
 #: Crop scales of the multi-scale crop, as fractions of the short side: 1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2.
 MULTISCALE = tuple(2.0 ** (-i / 4) for i in range(5))
 
-#: Datasets whose classes do not depend on left/right; Jester's do (``Swiping_Left``/``Swiping_Right``),
-#: so a flipped Jester clip would carry the wrong label. The released code flips Jester anyway (a bug).
-FLIP_SAFE = frozenset({"kinetics600", "ucf101"})
-
-#: Temporal stride in *source* frames that each dataset's clips are sampled at (paper: Jester uses 16
-#: frames out of 32). Jester shards are already stored at stride 2, so the stride left to apply at load
-#: time is ``source_stride / meta["stride"]`` stored frames.
-SOURCE_STRIDE = {"kinetics600": 1, "jester": 2, "ucf101": 1}
+# Per-dataset policies (flip safety, source stride) come from shards.datasets.DATASET_SPECS. Jester's classes
+# depend on left/right (``Swiping_Left``/``Swiping_Right``), so a flipped Jester clip would carry the wrong
+# label (the released code flips Jester anyway, a bug); Jester clips take 16 frames out of 32 (source stride
+# 2), and as its shards are stored at stride 2 the step left at load time is ``source_stride / meta["stride"]``.
 
 
 @dataclass(frozen=True)
@@ -79,7 +75,7 @@ class LoaderConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.hflip and self.dataset not in FLIP_SAFE:
+        if self.hflip and not DATASET_SPECS[self.dataset].flip_safe:
             raise ValueError(f"hflip=True is refused for {self.dataset}: its classes include left/right "
                              "gestures, so a flipped clip would carry the wrong label")
         for name in ("clip_len", "downsample", "size", "batch_size"):
@@ -99,7 +95,8 @@ class LoaderConfig:
     @classmethod
     def for_dataset(cls, dataset: str, mode: str = "train", **overrides) -> LoaderConfig:
         """The paper's settings for a dataset: 16-frame clips at the dataset's source stride, 112 px."""
-        overrides.setdefault("source_stride", SOURCE_STRIDE.get(dataset))
+        spec = DATASET_SPECS.get(dataset)
+        overrides.setdefault("source_stride", spec.source_stride if spec else None)
         return cls(dataset=dataset, mode=mode, **overrides)
 
     def replace(self, **changes) -> LoaderConfig:
@@ -110,7 +107,7 @@ class LoaderConfig:
         """Whether training clips are flipped with p = 0.5 (never outside training, never for Jester)."""
         if self.mode != "train":
             return False
-        return self.dataset in FLIP_SAFE if self.hflip is None else self.hflip
+        return DATASET_SPECS[self.dataset].flip_safe if self.hflip is None else self.hflip
 
     @property
     def workers(self) -> int:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from training.data.config import LoaderConfig
-from training.data.sampling import CounterRng, num_windows
+from training.data.sampling import CounterRng
 
 # Stream tags for CounterRng keys, so that the draws of different purposes never coincide.
 TAG_SHARDS, TAG_BUFFER, TAG_TIME, TAG_SPACE, TAG_DONOR = 1, 2, 3, 4, 5
@@ -117,8 +117,9 @@ def fingerprint(shards: Sequence[ShardSpec], cfg: LoaderConfig, world_size: int)
     return h.hexdigest()[:16]
 
 
-class EpochPlanner:
-    """Computes :class:`StreamPlan` objects for one epoch; cheap to build, computes one stream on demand."""
+class _Planner:
+    """Common shape of an epoch plan: ``streams`` equal streams of ``per_stream`` items in ``batches``
+    batches; :meth:`stream` computes one stream's :class:`StreamPlan` on demand."""
 
     def __init__(self, shards: Sequence[ShardSpec], cfg: LoaderConfig, epoch: int, streams: int):
         if streams < 1:
@@ -127,15 +128,21 @@ class EpochPlanner:
         self.cfg = cfg
         self.epoch = epoch
         self.streams = streams
-        if cfg.mode == "train":
-            self._plan_train()
-        else:
-            self._plan_items()
 
-    # -- training ----------------------------------------------------------------------------------
+    def stream(self, k: int) -> StreamPlan:
+        if not 0 <= k < self.streams:
+            raise ValueError(f"stream {k} outside [0, {self.streams})")
+        return self._stream(k)
 
-    def _plan_train(self) -> None:
-        cfg = self.cfg
+    def _stream(self, k: int) -> StreamPlan:
+        raise NotImplementedError
+
+
+class TrainPlanner(_Planner):
+    """Training plan: shards in a random order, each rotated by a random offset, cut into equal ranges."""
+
+    def __init__(self, shards: Sequence[ShardSpec], cfg: LoaderConfig, epoch: int, streams: int):
+        super().__init__(shards, cfg, epoch, streams)
         rng = random.Random(seed_for(cfg.seed, self.epoch, TAG_SHARDS))
         order = list(range(len(self.shards)))
         rng.shuffle(order)
@@ -165,7 +172,7 @@ class EpochPlanner:
         self.batches = -(-per // cfg.batch_size)
         self.dropped = self.total - per * self.streams
 
-    def _train_stream(self, k: int) -> StreamPlan:
+    def _stream(self, k: int) -> StreamPlan:
         a, b = k * self.per_stream, (k + 1) * self.per_stream
         segs = []
         first = int(np.searchsorted(self._cum, a, side="right")) - 1
@@ -180,22 +187,22 @@ class EpochPlanner:
                 segs.append(Segment(piece.shard, s, e))
         return StreamPlan(stream=k, items=self.per_stream, batches=self.batches, segments=tuple(segs))
 
-    # -- validation / evaluation ---------------------------------------------------------------------
 
-    def _windows(self, num_frames: int, stride: int) -> int:
-        if self.cfg.mode == "val":
-            return 1
-        return num_windows(num_frames, self.cfg.clip_len, self.cfg.step_for(stride))
+class ItemPlanner(_Planner):
+    """Validation/evaluation plan: ``windows(num_frames, stride)`` items per video, listed in shard order,
+    cut into equal ranges (the last ones topped up with padding)."""
 
-    def _plan_items(self) -> None:
-        cfg = self.cfg
+    def __init__(self, shards: Sequence[ShardSpec], cfg: LoaderConfig, epoch: int, streams: int,
+                 windows: Callable[[int, int], int]):
+        super().__init__(shards, cfg, epoch, streams)
+        self._windows = windows
         counts = []
         for s in self.shards:
             if s.videos is None:
                 raise ValueError(f"{s.url}: mode {cfg.mode!r} needs the videos of each shard "
                                  "(ShardSpec.videos); build the specs with shard_specs(root, split) or "
                                  "scan_shard_specs(urls)")
-            counts.append(sum(self._windows(n, st) for _, n, st in s.videos))
+            counts.append(sum(windows(n, st) for _, n, st in s.videos))
         self._cum = np.cumsum([0] + counts)
         self.total = int(self._cum[-1])
         self.per_stream = -(-self.total // self.streams)
@@ -203,7 +210,7 @@ class EpochPlanner:
                         else -(-self.per_stream // cfg.batch_size))
         self.dropped = 0
 
-    def _item_stream(self, k: int) -> StreamPlan:
+    def _stream(self, k: int) -> StreamPlan:
         a, b = k * self.per_stream, min((k + 1) * self.per_stream, self.total)
         items: list[EvalItem] = []
         if a < b:
@@ -221,8 +228,3 @@ class EpochPlanner:
                     if pos >= b:
                         break
         return StreamPlan(stream=k, items=self.per_stream, batches=self.batches, eval_items=tuple(items))
-
-    def stream(self, k: int) -> StreamPlan:
-        if not 0 <= k < self.streams:
-            raise ValueError(f"stream {k} outside [0, {self.streams})")
-        return self._train_stream(k) if self.cfg.mode == "train" else self._item_stream(k)

@@ -193,6 +193,28 @@ def _noise_texture(rng: np.random.Generator, h: int, w: int, grain: int) -> np.n
     return fine
 
 
+def _appearance(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the textured background ((height, width, 3) uint8) and the patch texture ((_TEX, _TEX, 3) uint8)."""
+    bg_a = rng.integers(0, 256, 3)
+    # Second colour 40-120 grey levels away per channel, so the texture is always visible.
+    bg_b = np.clip(bg_a + rng.choice([-1, 1], 3) * rng.integers(40, 121, 3), 0, 255)
+    grain = int(rng.integers(2, 9))
+    mix = (_noise_texture(rng, height, width, grain) * 255).astype(np.uint8)
+    # A 256-entry colour table indexed by the texture: one gather instead of float maths on every pixel (the
+    # 4K "huge" video has 25 M of them).
+    a32, b32 = bg_a.astype(np.float32), bg_b.astype(np.float32)
+    lut = (a32 + (b32 - a32) * (np.arange(256, dtype=np.float32)[:, None] / 255)).astype(np.uint8)
+    background = lut[mix]
+    # The patch must stand out from the background: pick its colours on the opposite side of mid-grey in luma.
+    bg_luma = float(_luma(a32 + (b32 - a32) * float(mix.mean()) / 255))
+    fg = rng.integers(0, 256, (2, 3)).astype(np.float64)
+    target = (np.array([225.0, 175.0]) if bg_luma < 128 else np.array([80.0, 30.0]))[:, None]
+    fg = np.clip(fg + target - _luma(fg)[:, None], 0, 255)
+    tmix = _noise_texture(rng, _TEX, _TEX, int(rng.integers(2, 7)))[..., None]
+    texture = (fg[0] * (1 - tmix) + fg[1] * tmix).astype(np.uint8)
+    return background, texture
+
+
 def make_scene(
     motion: str,
     height: int,
@@ -213,23 +235,7 @@ def make_scene(
     if height < 2 or width < 2:
         raise ValueError(f"frame too small: {width}x{height}")
     # Every draw below happens whatever the motion, in the same order (see the module docstring).
-    bg_a = rng.integers(0, 256, 3)
-    # Second colour 40-120 grey levels away per channel, so the texture is always visible.
-    bg_b = np.clip(bg_a + rng.choice([-1, 1], 3) * rng.integers(40, 121, 3), 0, 255)
-    grain = int(rng.integers(2, 9))
-    mix = (_noise_texture(rng, height, width, grain) * 255).astype(np.uint8)
-    # A 256-entry colour table indexed by the texture: one gather instead of float maths on every pixel (the
-    # 4K "huge" video has 25 M of them).
-    a32, b32 = bg_a.astype(np.float32), bg_b.astype(np.float32)
-    lut = (a32 + (b32 - a32) * (np.arange(256, dtype=np.float32)[:, None] / 255)).astype(np.uint8)
-    background = lut[mix]
-    # The patch must stand out from the background: pick its colours on the opposite side of mid-grey in luma.
-    bg_luma = float(_luma(a32 + (b32 - a32) * float(mix.mean()) / 255))
-    fg = rng.integers(0, 256, (2, 3)).astype(np.float64)
-    target = (np.array([225.0, 175.0]) if bg_luma < 128 else np.array([80.0, 30.0]))[:, None]
-    fg = np.clip(fg + target - _luma(fg)[:, None], 0, 255)
-    tmix = _noise_texture(rng, _TEX, _TEX, int(rng.integers(2, 7)))[..., None]
-    texture = (fg[0] * (1 - tmix) + fg[1] * tmix).astype(np.uint8)
+    background, texture = _appearance(rng, height, width)
     short = min(height, width)
     side = float(rng.uniform(SIDE[0], SIDE[1])) * short
     zoom_ratio = float(rng.uniform(2.2, 3.0))

@@ -1,0 +1,36 @@
+"""Connecting to Ray: the one ``init_ray`` that preprocessing, training and sweeps use.
+
+It lives in the bottom layer because ``preprocess/`` and ``training/`` may not import each other; it
+imports Ray only when called, so nothing else in ``shards/`` needs Ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Ray's temp dir for an embedded local Ray: its unix socket paths break when the dir is long (pytest's are).
+RAY_TEMP_DIR = "/tmp/e3dray"
+#: Object store of an embedded local Ray. Shard tasks return small records and Ray Train moves checkpoints
+#: through files, so little is needed; Ray's default (30 % of RAM) would reserve far more on a laptop.
+LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start an embedded local Ray with ``num_cpus`` CPUs
+    (default: all), no dashboard and worker output forwarded to this process.
+
+    Returns True when this call started or connected Ray (the caller then shuts it down with
+    ``ray.shutdown()``), False when Ray was already up in this process.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _temp_dir=RAY_TEMP_DIR,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    return True
