@@ -17,6 +17,9 @@ if __package__ in (None, ""):
 
 from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
 
+CACHE_HELP = ("local shard cache for --shards on object storage (e.g. an NVMe path, shared by the workers of a "
+              "node; 100 GB cap, least recently used shards evicted)")
+
 
 def _splits(text: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip()) if text else ()
@@ -95,7 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import SweepConfig, run_sweep, trials_from_args
 
     trials, base = trials_from_args(args.grid, _splits(args.models))
-    base = {**base, **_model_kwargs(args.set)}
+    base = {**base, **_model_kwargs(args.set), **({"cache_dir": args.cache_dir} if args.cache_dir else {})}
     cfg = SweepConfig(dataset=args.dataset, shards=args.shards, out=args.out, trials=tuple(trials), base=base,
                       workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, use_gpu=args.gpu,
                       address=args.address, num_cpus=args.num_cpus, shared_decode=args.shared_decode,
@@ -171,7 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.ray_train import run_evaluation
 
     m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=args.split,
-                       batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus)
+                       batch_size=args.batch_size, use_gpu=args.gpu, address=args.address, num_cpus=args.num_cpus,
+                       cache_dir=args.cache_dir)
     print(f"{m['split']}: {m['eval_videos']} videos, {m['eval_clips']} clips: video top1 {m['eval_video_top1']:.4f} "
           f"top5 {m['eval_video_top5']:.4f}, clip top1 {m['eval_clip_top1']:.4f}; predictions {m.get('predictions')}")
     return 0
@@ -303,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", default=None, help="with --grid table8: only these comma-separated names")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="training setting for every trial, e.g. epochs=30 (repeatable)")
+    s.add_argument("--cache-dir", help=CACHE_HELP)
     s.add_argument("--workers-per-trial", type=int, default=1)
     s.add_argument("--shared-decode", action="store_true",
                    help="train trials that read the same clips together: one decode pass feeds several models")
@@ -331,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="1: in this process; more: Ray Train workers")
     s.add_argument("--batch-size", type=int, default=16, help="clips per batch per worker")
     s.add_argument("--gpu", action="store_true")
+    s.add_argument("--cache-dir", help=CACHE_HELP)
     s.add_argument("--address", default=None)
     s.add_argument("--num-cpus", type=int, default=None)
     s.set_defaults(func=cmd_eval)

@@ -175,7 +175,8 @@ class ShardAccess:
     def warm(self, refs: list[ShardRef]) -> None:
         """Fetch the indexes of ``refs`` and open their objects concurrently (a stream's shards at its start):
         one round trip of latency per stream and epoch instead of two per shard."""
-        todo = [r for r in refs if r.remote and r.index_url is not None and r.url not in self._indexes]
+        todo = [r for r in refs if r.remote and r.index_url is not None and r.url not in self._indexes
+                and self.local(r) is None]  # cached shards are read locally: no index, no connection
         if len(todo) < 2:
             return
         reader = self.reader()

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from shards import storage
-from shards.format import CLS_EXT, FRAMES_EXT, MAX_SMALL_MEMBER, META_EXT
+from shards.format import CLS_EXT, FRAMES_EXT, MAX_SMALL_MEMBER, META_EXT, SampleError, validate_sample
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -304,36 +304,24 @@ class ShardReader:
         return self._read_exact(stop - start)
 
 
-def check_sample(raw: RawSample) -> tuple[dict[str, Any], int]:
+def check_sample(raw: RawSample, *, num_classes: int | None = None) -> tuple[dict[str, Any], int]:
     """Parse and validate one sample's metadata against its members; the check training and ``verify`` share.
 
-    Returns ``(meta, label)``: the ``.json`` object (``offsets`` has ``num_frames + 1`` increasing byte
-    offsets into the ``.jpgs`` member, starting at 0 and ending at its size) and the ``.cls`` label index.
-    Raises ``ValueError`` saying what is wrong (missing member, unreadable JSON, offset table mismatch,
-    label disagreement); the frame bytes themselves are not read.
+    Returns ``(meta, label)``: the ``.json`` object (``offsets`` has ``num_frames + 1`` increasing integer byte
+    offsets into the ``.jpgs`` member, starting at 0 and ending at its size; ``stride`` defaults to 1) and the
+    ``.cls`` label index (within ``[-1, num_classes)`` when ``num_classes`` is given). Raises
+    :class:`shards.format.SampleError` (a ``ValueError``) saying what is wrong, whatever the bytes; the frame
+    bytes themselves are not read.
     """
+    if raw.error is not None:
+        raise SampleError(raw.error)
+    if raw.frames is None:
+        raise SampleError(f"lacks member(s) {raw.missing()}")
     missing = raw.missing()
     if missing:
-        raise ValueError(f"lacks member(s) {missing}")
-    try:
-        meta = json.loads(raw.members[META_EXT])
-        label = int(raw.members[CLS_EXT])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"unreadable metadata ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise ValueError("metadata is not a JSON object")
-    offsets = meta.get("offsets")
-    n = meta.get("num_frames")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"bad num_frames {n!r}")
-    if not isinstance(offsets, list) or len(offsets) != n + 1 or offsets[0] != 0:
-        raise ValueError("offset table does not match num_frames")
-    assert raw.frames is not None
-    if offsets[-1] != raw.frames.size or offsets != sorted(offsets):
-        raise ValueError("offset table does not match the frame blob")
-    if "label_index" in meta and meta["label_index"] != label:
-        raise ValueError(f".cls label {label} differs from metadata label_index {meta['label_index']}")
-    return meta, label
+        raise SampleError(f"lacks member(s) {missing}")
+    return validate_sample(raw.members.get(META_EXT), raw.members.get(CLS_EXT), raw.frames.size,
+                           num_classes=num_classes)
 
 
 def open_shard(url: str, *, sequential: bool | None = None,
