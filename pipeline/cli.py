@@ -18,7 +18,7 @@ if __package__ in (None, ""):
 from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
 
 CACHE_HELP = ("local shard cache for --shards on object storage (e.g. an NVMe path, shared by the workers of a "
-              "node; 100 GB cap, least recently used shards evicted)")
+              "node; 100 GB cap (train: --cache-gb), least recently used shards evicted)")
 
 
 def _splits(text: str | None) -> tuple[str, ...]:

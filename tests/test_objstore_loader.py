@@ -158,3 +158,15 @@ def test_cache_dir_flag_reaches_the_loader_configs(tmp_path):
     args = build_parser().parse_args(["sweep", "--dataset", "jester", "--shards", "s", "--out", "o",
                                       "--grid", "table8", "--cache-dir", "/nvme/c"])
     assert args.cache_dir == "/nvme/c"
+
+
+def test_a_cache_too_small_for_the_split_degrades_to_ranged_reads(remote, tmp_path):
+    local, uri, proxy = remote
+    want, _ = _batches(local, "train", "train", epochs=(0, 1))
+    shard_bytes = sum(read_table(local, "train", "shards").column("bytes").to_pylist())
+    got, loader = _batches(uri, "train", "train", epochs=(0, 1), cache_dir=str(tmp_path / "c"),
+                           cache_gb=(shard_bytes - 1) / 1e9)
+    _same(got, want)
+    cache = loader.dataset.access.cache()
+    assert cache.stats().entries == 0 and not cache._pending  # never filled: it would only thrash
+    assert proxy.bytes_out < shard_bytes  # clips by ranges, no whole-shard downloads

@@ -86,8 +86,9 @@ class TrainConfig:
         channels_last: ``channels_last_3d`` memory format for model and input.
         log_every: steps between TensorBoard training scalars.
         profile_steps: record a torch.profiler trace of this many steps (0: off).
-        cache_dir: local shard cache for shards on object storage (shared by the processes of a node; 100 GB
-            cap, least recently used shards evicted); None: clips are read by ranges every epoch.
+        cache_dir: local shard cache for shards on object storage (shared by the processes of a node, least
+            recently used shards evicted); None: clips are read by ranges every epoch.
+        cache_gb: the cache's size cap in GB; a split larger than the cap is read by ranges (never filled).
     """
 
     dataset: str = field(metadata={"choices": DATASETS})
@@ -129,6 +130,7 @@ class TrainConfig:
     log_every: int = 10
     profile_steps: int = 0
     cache_dir: str | None = None
+    cache_gb: float = 100.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -209,7 +211,8 @@ class TrainConfig:
         from training.data.config import LoaderConfig  # training.data.config imports this module
 
         kw: dict[str, Any] = {"clip_len": self.clip_len, "size": self.size, "num_workers": self.loader_workers,
-                              "seed": self.seed, "batch_size": self.batch_size, "cache_dir": self.cache_dir}
+                              "seed": self.seed, "batch_size": self.batch_size, "cache_dir": self.cache_dir,
+                              "cache_gb": self.cache_gb}
         if self.crop_scales:
             kw["scales"] = self.crop_scales
         return LoaderConfig.for_dataset(self.dataset, mode, **{**kw, **overrides})

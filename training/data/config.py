@@ -111,12 +111,13 @@ class LoaderConfig:
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
-    def access_config(self):
-        """The :class:`shards.access.AccessConfig` of these settings."""
+    def access_config(self, dataset_bytes: int | None = None):
+        """The :class:`shards.access.AccessConfig` of these settings (``dataset_bytes``: the shards' total)."""
         from shards.access import AccessConfig
 
         return AccessConfig(threads=self.io_threads, window=self.io_window, cache_dir=self.cache_dir,
-                            cache_bytes=int(self.cache_gb * 1e9), verify=self.verify_shards)
+                            cache_bytes=int(self.cache_gb * 1e9), verify=self.verify_shards,
+                            dataset_bytes=dataset_bytes)
 
     @classmethod
     def for_dataset(cls, dataset: str, mode: str = "train", **overrides) -> LoaderConfig:

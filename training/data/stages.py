@@ -402,8 +402,10 @@ def decode_into(ctx: EpochContext, sample: Sample, out: np.ndarray, place: Place
     assert sample.jpegs is not None
     key = (len(sample.jpegs),)
     try:
-        # Headers first: a frame claiming another size (up to a 65535² "decompression bomb") is refused unread.
-        check_jpeg_headers(sample.jpegs, sample.width, sample.height)
+        # The first frame's header sizes the decode buffer, so it must match the metadata before anything is
+        # allocated (a crafted header can claim 65535² px, a 12 GB "decompression bomb"); decode_frames refuses
+        # any later frame whose size differs from the buffer's.
+        check_jpeg_headers(sample.jpegs[:1], sample.width, sample.height)
         frames = decode_frames(sample.jpegs, fast=cfg.fast_decode, out=ctx.buffers.get(key))
     except ValueError as exc:
         return str(exc)

@@ -163,7 +163,8 @@ class ClipStream(IterableDataset):
         self.epoch = 0
         self.first_ids = np.cumsum([0] + [s.samples for s in self.shards])  # global id of each shard's 1st sample
         # Object-storage access (ranged reads, cache, verification); each DataLoader worker unpickles its own.
-        self.access = ShardAccess(cfg.access_config())
+        sizes = [sp.bytes for sp in self.shards]
+        self.access = ShardAccess(cfg.access_config(dataset_bytes=None if None in sizes else sum(sizes)))
 
     @property
     def streams(self) -> int:
