@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=16, help="ranged requests in flight per DataLoader worker")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bandwidth", type=float, default=200e6, help="bytes/s for everything the store sends")
-    ap.add_argument("--latencies", default="0.02,0.05", help="first-byte latencies in seconds")
+    ap.add_argument("--latencies", default="0,0.02,0.05",
+                    help="first-byte latencies in seconds (0: the proxy and server without added latency)")
     ap.add_argument("--only", help="comma-separated name prefixes of the variants to run (local always runs)")
     ap.add_argument("--workdir")
     args = ap.parse_args(argv)
@@ -194,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         control.set("bandwidth", args.bandwidth)
         lat = [float(x) for x in args.latencies.split(",")]
         variants = [Variant("local", False)]
-        variants += [Variant(f"s3 ranged {int(x * 1000)} ms", True, x) for x in lat]
-        variants += [Variant(f"s3 stream {int(lat[0] * 1000)} ms", True, lat[0], ranged=False)]
-        variants += [Variant(f"s3 cache (warm) {int(lat[-1] * 1000)} ms", True, lat[-1], cache=True)]
+        variants += [Variant(f"s3 ranged {round(x * 1000)} ms", True, x) for x in lat]
+        stream_lat = next((x for x in lat if x > 0), lat[0])
+        variants += [Variant(f"s3 stream {round(stream_lat * 1000)} ms", True, stream_lat, ranged=False)]
+        variants += [Variant(f"s3 cache (warm) {round(lat[-1] * 1000)} ms", True, lat[-1], cache=True)]
         if args.only:
             keep = tuple(x.strip() for x in args.only.split(","))
             variants = [v for v in variants if v.name == "local" or v.name.startswith(keep)]
