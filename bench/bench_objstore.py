@@ -5,23 +5,25 @@ Run on demand (not part of the tests)::
     .venv/bin/python bench/bench_objstore.py [--videos 256] [--epochs 2] [--workers 2] [--reps 3]
 
 Data is generated here: ``--videos`` Kinetics-like videos of 300 frames (8 distinct ones, repeated),
-170x128 JPEG q90 4:2:0 of a moving noisy texture (~7.7 KB per frame, the frames of ``bench_loader.py``), in
-4 shards with their indexes and manifests, written to a local directory and uploaded to the project's S3 test
-server (moto's server on
-loopback). The server runs in a child process behind ``tests/s3proxy.py``, which adds a first-byte latency
-to every request (20 and 50 ms) and caps the bandwidth of everything sent back (``--bandwidth``, bytes/s,
-shared by all connections like a NIC).
+170x128 JPEG q90 4:2:0 of a moving noisy texture (~7.7 KB per frame, the frames of ``bench_loader.py``), in 4
+shards with their indexes and manifests, written to a local directory and uploaded to the project's S3 test
+server (moto's server on loopback). The server runs in a child process behind ``tests/s3proxy.py``, which adds
+a first-byte latency to every request (0, 20 and 50 ms) and caps the bandwidth of everything sent back
+(``--bandwidth``, bytes/s, shared by all connections like a NIC). moto copies a whole object for every ranged
+GET (~40 ms for a 150 MB shard, a cost no real store has); the server runs with ``--fast-ranges``, which keeps
+each object's bytes once in memory so that a ranged GET costs what its range costs.
 
 Every variant trains the same way: ``ClipLoader`` over ``ClipStream`` (kinetics600, train: random 16-frame
 clip, multi-scale crop to 112 px, flip), batches of 16, ``--workers`` DataLoader workers, ``--epochs`` epochs;
 the figure is wall-clock clips/s (the point is waiting), variants interleaved round-robin, median over
 ``--reps``. Bytes fetched are counted by the proxy (HTTP headers included) and divided by the bytes of the
-frames the clips use (16 × the mean frame size).
+frames the clips use (16 × the mean frame size). Loader CPU is this process plus its finished children (the
+DataLoader workers), not the server's.
 
 * local     — shards on the local disk (warm page cache): the baseline of every ratio;
-* s3 stream — the loader without index: each shard streamed from the store (``sequential_io``), today's path;
-* s3 ranged — with the index: one ranged read per clip, ``threads`` requests in flight per worker;
-* s3 cache  — with ``cache_dir`` after one epoch filled it (reads from the local copies).
+* s3 ranged — with the index: one ranged read per clip, ``--threads`` requests in flight per worker;
+* s3 stream — the loader without index: each shard streamed from the store (``sequential_io``), the old path;
+* s3 cache  — with ``cache_dir``, warm: one epoch started the fills, then they were completed.
 """
 
 from __future__ import annotations
