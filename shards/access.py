@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import multiprocessing.util
 import os
 import tempfile
 import threading
@@ -242,6 +243,9 @@ class ShardAccess:
                 os.unlink(tmp)
             raise
         self._spools[ref.url] = tmp
+        # Removed when this object goes, or when the process exits: DataLoader workers leave through
+        # multiprocessing's exit path, which runs these finalizers but not atexit handlers.
+        multiprocessing.util.Finalize(self, _unlink_quiet, args=(tmp,), exitpriority=0)
         return tmp
 
     def close(self) -> None:
@@ -266,6 +270,11 @@ class ShardAccess:
 
 def _suppress():
     return contextlib.suppress(OSError)
+
+
+def _unlink_quiet(path: str) -> None:
+    with _suppress():
+        os.unlink(path)
 
 
 __all__ = ["AccessConfig", "CacheVerifyError", "ShardAccess", "ShardRef", "ShardVerifyError", "UnreadableError"]

@@ -5,6 +5,7 @@ manifest is refused. Real preprocessed shards on the session's S3 server behind 
 
 from __future__ import annotations
 
+import os
 import uuid
 import warnings
 
@@ -170,3 +171,16 @@ def test_a_cache_too_small_for_the_split_degrades_to_ranged_reads(remote, tmp_pa
     cache = loader.dataset.access.cache()
     assert cache.stats().entries == 0 and not cache._pending  # never filled: it would only thrash
     assert proxy.bytes_out < shard_bytes  # clips by ranges, no whole-shard downloads
+
+
+def test_shards_without_index_are_downloaded_verified_and_cleaned_up(remote):
+    import glob
+    import tempfile
+
+    local, uri, _ = remote
+    spools = os.path.join(tempfile.gettempdir(), "e3d-shard-*.tar")
+    before = set(glob.glob(spools))
+    want, _ = _batches(local, "train", "train", num_workers=2)
+    got, _ = _batches(uri, "train", "train", num_workers=2, use_index=False)  # verify_shards: on (remote)
+    _same(got, want)
+    assert set(glob.glob(spools)) <= before  # the workers' verified downloads are gone with them
