@@ -99,6 +99,7 @@ class ShardAccess:
         self._init_local()
 
     def _init_local(self) -> None:
+        self._pid = os.getpid()
         self._reader: RangeReader | None = None
         self._cache: ShardCache | None = None
         self._indexes: dict[str, ShardIndex | None] = {}
@@ -120,7 +121,14 @@ class ShardAccess:
 
     # -- parts --------------------------------------------------------------------------------------
 
+    def _forked(self) -> None:
+        # A DataLoader worker started by fork inherits this object without the threads of its pools, whose
+        # queues would then never be served: start over with fresh pools, handles and caches.
+        if os.getpid() != self._pid:
+            self._init_local()
+
     def reader(self) -> RangeReader:
+        self._forked()
         if self._reader is None:
             self._reader = RangeReader(threads=self.cfg.threads, policy=self.cfg.retry)
         return self._reader
@@ -128,6 +136,7 @@ class ShardAccess:
     def cache(self) -> ShardCache | None:
         if self.cfg.cache_dir is None:
             return None
+        self._forked()
         if self._cache is None:
             self._cache = ShardCache(self.cfg.cache_dir, self.cfg.cache_bytes, reader=RangeReader(
                 threads=1, policy=self.cfg.retry))
@@ -157,6 +166,7 @@ class ShardAccess:
         """The shard's index, checked against the manifest; None without one (``index_error`` says why)."""
         if ref.index_url is None:
             return None
+        self._forked()
         with self._lock:
             if ref.url in self._indexes:
                 return self._indexes[ref.url]

@@ -201,3 +201,24 @@ def test_cache_is_safe_with_several_processes(store, tmp_path):
         if name.endswith(".tar"):
             with open(os.path.join(directory, name), "rb") as f:
                 assert _sha(f.read()) + ".tar" == name  # every entry is complete and verified
+
+
+def _double_in_pool(access, q) -> None:
+    q.put(list(access.reader().executor().map(lambda x: 2 * x, [1, 2, 3])))
+
+
+def test_access_used_before_a_fork_works_in_the_child():
+    from shards.access import ShardAccess
+
+    access = ShardAccess()
+    pool = access.reader().executor()
+    list(pool.map(time.sleep, [0.02] * 4 * access.cfg.threads))  # the parent's pool has all its threads
+    ctx = mp.get_context("fork")  # what DataLoader workers use on Linux: no pickling, the pool is inherited
+    q = ctx.Queue()
+    p = ctx.Process(target=_double_in_pool, args=(access, q), daemon=True)
+    p.start()
+    p.join(timeout=30)
+    if p.is_alive():  # its tasks were queued to threads that do not exist in the child
+        p.kill()
+    assert p.exitcode == 0 and q.get(timeout=5) == [2, 4, 6]
+    access.close()
