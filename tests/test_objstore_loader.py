@@ -184,3 +184,18 @@ def test_shards_without_index_are_downloaded_verified_and_cleaned_up(remote):
     got, _ = _batches(uri, "train", "train", num_workers=2, use_index=False)  # verify_shards: on (remote)
     _same(got, want)
     assert set(glob.glob(spools)) <= before  # the workers' verified downloads are gone with them
+
+
+@pytest.mark.slow  # ~12 s: each failing read waits out its backoffs (ours and the AWS SDK's)
+def test_a_range_that_keeps_failing_is_a_corrupt_sample_not_a_hang(remote):
+    local, uri, proxy = remote
+    victim = read_table(local, "train", "shards").to_pylist()[0]
+    name = victim["path"].rsplit("/", 1)[1].encode()
+    proxy.inject("503", 10_000, when=lambda head: is_ranged_get(head) and name in head.split(b"\r\n")[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches, _ = _batches(uri, "train", "train", max_corrupt=100, io_retries=2)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, CorruptSampleWarning)]
+    # every sample of that shard is reported (named, with the reason), the epoch completes with the others
+    assert len(msgs) == victim["samples"] and all("unreadable" in m and victim["path"] in m for m in msgs), msgs
+    assert sum(int(b["corrupt"].sum()) for b in batches) == victim["samples"]
