@@ -210,7 +210,7 @@ def make_index(entries: Iterable[IndexEntry], shard_bytes: int, shard_sha256: st
     return ShardIndex(shard_bytes, shard_sha256, tuple(entries))
 
 
-def build_index(url: str) -> ShardIndex:
+def build_index(url: str, *, known: tuple[str, int] | None = None) -> ShardIndex:
     """Index an existing shard by walking its tar headers (reads the JSON and label members, seeks past frames).
 
     Raises ``ValueError`` (:class:`shards.reader.ShardFormatError` or :class:`shards.format.SampleError`) naming
@@ -220,7 +220,8 @@ def build_index(url: str) -> ShardIndex:
     from shards.reader import open_shard
 
     fs, path = storage.resolve(url)
-    digest, nbytes = storage.sha256_file(fs, path)
+    # known: (sha256, size) the caller has just checked (``e3d verify``), saving a second pass over the bytes.
+    digest, nbytes = known if known is not None else storage.sha256_file(fs, path)
     f, reader = open_shard(url, sequential=False, filesystem=(fs, path))
     entries = []
     try:
@@ -239,10 +240,12 @@ def build_index(url: str) -> ShardIndex:
     return make_index(entries, nbytes, digest)
 
 
-def check_index(index: ShardIndex, url: str) -> list[str]:
-    """Problems found comparing ``index`` with the shard at ``url`` (re-indexes the shard); empty when equal."""
+def check_index(index: ShardIndex, url: str, *, known: tuple[str, int] | None = None) -> list[str]:
+    """Problems found comparing ``index`` with the shard at ``url`` (re-indexes the shard); empty when equal.
+
+    ``known``: the shard's verified ``(sha256, size)``, when the caller has hashed it already."""
     try:
-        actual = build_index(url)
+        actual = build_index(url, known=known)
     except (ValueError, OSError) as exc:
         return [f"cannot re-index the shard: {exc}"]
     if actual.to_bytes() == index.to_bytes():

@@ -261,7 +261,8 @@ def _verify_index(fs, base: str, rel: str, row: ShardRow, deep: bool) -> list[st
     if len(index.entries) != row.samples:
         return [f"{row.index_path}: {len(index.entries)} samples, manifest says {row.samples}"]
     if deep:
-        return [f"{row.index_path}: {p}" for p in check_index(index, storage.join(storage.to_uri(fs, base), rel))]
+        shard = storage.join(storage.to_uri(fs, base), rel)
+        return [f"{row.index_path}: {p}" for p in check_index(index, shard, known=(row.sha256, row.bytes))]
     return []
 
 
