@@ -25,6 +25,9 @@ from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses
 if TYPE_CHECKING:
     from training.result import EvaluationResult
 
+CACHE_HELP = ("local shard cache for --shards on object storage (e.g. an NVMe path, shared by the workers of a "
+              "node; 100 GB cap (train: --cache-gb), least recently used shards evicted)")
+
 
 def _splits(text: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip()) if text else ()
@@ -99,6 +102,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from shards.manifest import index_root
+
+    result = index_root(args.root, force=args.force)
+    for p in result.problems:
+        print(f"PROBLEM {p}")
+    print(f"indexed {result.written} shard(s), {result.present} already indexed"
+          f"{f', {len(result.problems)} problem(s)' if result.problems else ''}")
+    return 0 if not result.problems else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from training.flops import table8_report
 
@@ -119,7 +133,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import SweepConfig, run_sweep, trials_from_args
 
     trials, base = trials_from_args(args.grid, _splits(args.models))
-    base = {**base, **_model_kwargs(args.set)}
+    base = {**base, **_model_kwargs(args.set), **({"cache_dir": args.cache_dir} if args.cache_dir else {})}
     cfg = SweepConfig(dataset=args.dataset, shards=args.shards, out=args.out, trials=tuple(trials), base=base,
                       workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, use_gpu=args.gpu,
                       address=args.address, num_cpus=args.num_cpus, shared_decode=args.shared_decode,
@@ -222,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         m = run_evaluation(args.checkpoint, args.shards, out=args.out, workers=args.workers, split=split,
                            batch_size=args.batch_size, use_gpu=args.gpu, address=args.address,
-                           num_cpus=args.num_cpus)
+                           num_cpus=args.num_cpus, cache_dir=args.cache_dir)
     except NonFiniteEvalError as exc:
         print(f"e3d eval: error: {exc}", file=sys.stderr)
         return 3
@@ -348,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="sizes and checksums only, no sample walk")
     s.set_defaults(func=cmd_verify)
 
+    s = sub.add_parser("index", help="write the per-shard index of shards made without one (ranged reads)")
+    s.add_argument("root")
+    s.add_argument("--force", action="store_true", help="rebuild indexes that already exist")
+    s.set_defaults(func=cmd_index)
+
     s = sub.add_parser("models", help="Table 8 models: params, MACs, paper-convention MFLOPs")
     s.add_argument("--markdown", action="store_true")
     s.set_defaults(func=cmd_models)
@@ -365,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", default=None, help="with --grid table8: only these comma-separated names")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="training setting for every trial, e.g. epochs=30 (repeatable)")
+    s.add_argument("--cache-dir", help=CACHE_HELP)
     s.add_argument("--workers-per-trial", type=int, default=1)
     s.add_argument("--shared-decode", action="store_true",
                    help="train trials that read the same clips together: one decode pass feeds several models")
@@ -393,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="1: in this process; more: Ray Train workers")
     s.add_argument("--batch-size", type=int, default=16, help="clips per batch per worker")
     s.add_argument("--gpu", action="store_true")
+    s.add_argument("--cache-dir", help=CACHE_HELP)
     s.add_argument("--address", default=None)
     s.add_argument("--num-cpus", type=int, default=None)
     s.set_defaults(func=cmd_eval)

@@ -261,7 +261,8 @@ def write_manifests(cfg: PreprocessConfig, listing: Listing, records: Sequence[S
             if split in listing.splits:
                 sets_of_split[split].add(rec.shard_set)
                 per_split[split].shards.append(mf.ShardRow(rec.shard, rec.shard_set, rec.samples, rec.frames,
-                                                           rec.bytes, rec.sha256))
+                                                           rec.bytes, rec.sha256, rec.index_path,
+                                                           rec.index_sha256))
     unlisted = mf.Manifest()
     for p in listing.problems:
         row = dict(key=safe_key(p.source), source=p.source, label=p.label,

@@ -165,12 +165,15 @@ class ShardRecord:
     videos: tuple[VideoRecord, ...]
     plan_hash: str | None = None
     record_version: int = RECORD_VERSION
+    index_path: str | None = None  # the shard's index (shards/index.py), relative to the output root
+    index_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``records/<set>/shard-NNNNNN.json`` (written with sorted keys)."""
         return {"record_version": self.record_version, "plan_hash": self.plan_hash, "shard_set": self.shard_set,
                 "index": self.index, "shard": self.shard, "samples": self.samples, "frames": self.frames,
                 "decoded_frames": self.decoded_frames, "bytes": self.bytes, "sha256": self.sha256,
+                "index_path": self.index_path, "index_sha256": self.index_sha256,
                 "videos": [v.to_dict() for v in self.videos]}
 
     @classmethod
@@ -192,7 +195,10 @@ class ShardRecord:
             samples=_int(d, "samples", where), frames=_int(d, "frames", where),
             decoded_frames=_int(d, "decoded_frames", where), bytes=_int(d, "bytes", where), sha256=sha,
             videos=tuple(VideoRecord.from_dict(v, f"{where}.videos[{i}]") for i, v in enumerate(videos)),
-            plan_hash=_sha256(d, "plan_hash", where), record_version=version)
+            plan_hash=_sha256(d, "plan_hash", where), record_version=version,
+            # absent from records written before shards had an index (e3d index adds them)
+            index_path=_str(d, "index_path", where, nullable=True) if "index_path" in d else None,
+            index_sha256=_sha256(d, "index_sha256", where, nullable=True) if "index_sha256" in d else None)
 
 
 @dataclass(frozen=True)

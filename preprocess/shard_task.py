@@ -26,6 +26,7 @@ from preprocess.isolate import DecodeRequest, InfrastructureError, shared_worker
 from preprocess.shard_record import ShardRecord, ShardResult, SourceStamp, VideoRecord
 from shards import storage, strict_json
 from shards.format import FORMAT_VERSION, TarSampleWriter
+from shards.index import IndexEntry, index_path_for, make_index
 
 # Sources up to this size are also compared by content (sha256) on a rerun; larger ones by size and mtime.
 HASH_LIMIT = 4 << 20
@@ -281,6 +282,7 @@ def _build(task: ShardTask, fs, base: str, spool_dir: str) -> ShardRecord:
     samples = frames = decoded = 0
     shard_rel = task.shard_path
     spool = os.path.join(spool_dir, "frames.jpgs")
+    entries: list[IndexEntry] = []
     with storage.atomic_output(fs, storage.join(base, shard_rel)) as out:
         writer = TarSampleWriter(out)
         for item in sorted(task.items, key=_item_hash):
@@ -295,6 +297,9 @@ def _build(task: ShardTask, fs, base: str, spool_dir: str) -> ShardRecord:
             meta = _metadata(task, item, v, offsets)
             with open(spool, "rb") as f:
                 writer.write_stream(item.key, item.label_index, meta, f, offsets[-1])
+            ranges = writer.layout[-1][1]
+            entries.append(IndexEntry(item.key, item.label_index, v.num_stored, task.stride, v.width, v.height,
+                                      ranges["json"], ranges["cls"], ranges["jpgs"], offsets))
             samples += 1
             frames += v.num_stored
             decoded += v.source_frames
@@ -308,4 +313,10 @@ def _build(task: ShardTask, fs, base: str, spool_dir: str) -> ShardRecord:
         # Nothing decodable: leave no empty tar behind (readers would have to special-case it).
         fs.delete_file(storage.join(base, shard_rel))
         return ShardRecord(shard=None, samples=0, bytes=0, sha256=None, **common)
-    return ShardRecord(shard=shard_rel, samples=samples, bytes=out.nbytes, sha256=out.sha256.hexdigest(), **common)
+    nbytes, digest = out.nbytes, out.sha256.hexdigest()
+    # The shard's index (shards/index.py), written before the record so a finished record implies it.
+    index_rel = index_path_for(shard_rel)
+    index_sha = storage.write_bytes_atomic(fs, storage.join(base, index_rel),
+                                           make_index(entries, nbytes, digest).to_bytes())
+    return ShardRecord(shard=shard_rel, samples=samples, bytes=nbytes, sha256=digest, index_path=index_rel,
+                       index_sha256=index_sha, **common)

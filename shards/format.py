@@ -110,6 +110,86 @@ def decode_jpegs(jpegs: Iterable[bytes | memoryview]) -> np.ndarray:
     return np.stack(arrays)
 
 
+class SampleError(ValueError):
+    """One sample cannot be used (bad metadata, label, offsets, JPEG header...): a corrupt sample, not a crash."""
+
+
+#: Largest ``.json``/``.cls`` member a reader accepts (a 1-hour video at 30 fps has ~2 MB of metadata).
+MAX_SMALL_MEMBER = 64 << 20
+#: Largest stored frame side a reader accepts (metadata or JPEG header); anything bigger is refused unread.
+MAX_SIDE = 1 << 14
+_CLS = re.compile(rb"\s*-?[0-9]{1,9}\s*")
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int  # JSON true/false arrive as bool, a subclass of int: not a count
+
+
+def validate_sample(meta_raw: bytes | None, cls_raw: bytes | None, frames_size: int, *,
+                    num_classes: int | None = None) -> tuple[dict[str, Any], int]:
+    """Parse and check one sample's ``.json`` and ``.cls`` members against its ``.jpgs`` size (bytes).
+
+    Returns ``(meta, label)`` where ``meta`` is the parsed metadata with ``stride`` defaulted to 1 and
+    ``num_frames``, ``offsets`` (``num_frames + 1`` ascending ints from 0 to ``frames_size``), ``width``,
+    ``height`` checked. ``num_classes``: labels must lie in ``[-1, num_classes)``. Raises
+    :class:`SampleError` saying what is wrong; never anything else, whatever the bytes.
+    """
+    if meta_raw is None or cls_raw is None:
+        raise SampleError(f"lacks member(s) {[e for e, v in ((META_EXT, meta_raw), (CLS_EXT, cls_raw)) if v is None]}")
+    if len(meta_raw) > MAX_SMALL_MEMBER:
+        raise SampleError(f"metadata of {len(meta_raw)} B exceeds {MAX_SMALL_MEMBER} B")
+    try:
+        meta = json.loads(meta_raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise SampleError(f"unreadable metadata ({str(exc)[:200]})") from None
+    if not _CLS.fullmatch(cls_raw):
+        raise SampleError(f"unreadable label {cls_raw[:40]!r}")
+    label = int(cls_raw)
+    if not isinstance(meta, dict):
+        raise SampleError("metadata is not a JSON object")
+    n = meta.get("num_frames")
+    if not _is_int(n) or n < 1:
+        raise SampleError(f"bad num_frames {n!r:.40}")
+    offsets = meta.get("offsets")
+    if not isinstance(offsets, list) or len(offsets) != n + 1:
+        raise SampleError("offset table does not match num_frames")
+    if set(map(type, offsets)) != {int}:  # (set/map/sorted: ~5x faster than a Python loop on 300 offsets)
+        raise SampleError("offset table holds non-integers")
+    if offsets[0] != 0 or offsets[-1] != frames_size or offsets != sorted(offsets):
+        raise SampleError(f"offset table does not match the {frames_size}-byte frame blob")
+    stride = meta.setdefault("stride", 1)
+    if not _is_int(stride) or stride < 1:
+        raise SampleError(f"bad stride {stride!r:.40}")
+    for side in ("width", "height"):
+        v = meta.get(side)
+        if v is not None and (not _is_int(v) or not 1 <= v <= MAX_SIDE):
+            raise SampleError(f"bad {side} {v!r:.40}")
+    if "label_index" in meta and meta["label_index"] != label:
+        raise SampleError(f".cls label {label} differs from metadata label_index {meta['label_index']!r:.40}")
+    if label < -1 or (num_classes is not None and label >= num_classes):
+        raise SampleError(f"label {label} outside the {num_classes if num_classes is not None else '?'} classes")
+    return meta, label
+
+
+def check_jpeg_headers(jpegs: Iterable[bytes | memoryview], width: int | None, height: int | None) -> None:
+    """Refuse frames whose JPEG header does not claim ``width`` × ``height`` (or > :data:`MAX_SIDE` when unknown).
+
+    Run before decoding: a crafted header can claim 65535 × 65535 px (a 12 GB "decompression bomb") in a few
+    hundred bytes. Reads only the headers (~1 µs each). Raises :class:`SampleError` naming the frame.
+    """
+    import simplejpeg
+
+    for i, j in enumerate(jpegs):
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(j)
+        except Exception as exc:  # noqa: BLE001 - simplejpeg raises ValueError/RuntimeError without context
+            raise SampleError(f"frame {i}: corrupt JPEG header ({exc})") from None
+        if (width is not None and w != width) or (height is not None and h != height):
+            raise SampleError(f"frame {i}: JPEG header says {w}x{h} px, metadata says {width}x{height}")
+        if max(w, h) > MAX_SIDE:
+            raise SampleError(f"frame {i}: JPEG header says {w}x{h} px, above {MAX_SIDE}")
+
+
 def encode_jpeg_rgb(frame: np.ndarray, quality: int) -> bytes:
     """Encode one ``(H, W, 3)`` uint8 RGB frame as baseline JPEG (4:2:0)."""
     import simplejpeg
@@ -166,6 +246,10 @@ class TarSampleWriter:
         self._tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self.count = 0
         self._keys: set[str] = set()
+        #: Per written sample: (key, {ext: (data offset, size)}), the offsets in the archive. ustar without
+        #: PAX headers (keys are short) puts one 512-byte header before each member and pads data to 512.
+        self.layout: list[tuple[str, dict[str, tuple[int, int]]]] = []
+        self._pos = 0
 
     def write(self, key: str, label_index: int, meta: dict[str, Any], frames_blob: bytes) -> None:
         self.write_stream(key, label_index, meta, io.BytesIO(frames_blob), len(frames_blob))
@@ -181,10 +265,20 @@ class TarSampleWriter:
         if offsets is None or offsets[-1] != nbytes:
             raise ValueError(f"{key}: metadata offsets do not match the frames blob ({nbytes} B)")
         self._keys.add(key)
+        ranges = {}
         for ext, data in ((META_EXT, meta_bytes(meta)), (CLS_EXT, str(int(label_index)).encode("ascii"))):
             self._tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+            ranges[ext] = self._advance(len(data))
         self._tar.addfile(_tarinfo(f"{key}.{FRAMES_EXT}", nbytes), frames)
+        ranges[FRAMES_EXT] = self._advance(nbytes)
+        self.layout.append((key, ranges))
         self.count += 1
+
+    def _advance(self, size: int) -> tuple[int, int]:
+        """(data offset, size) of the member just written; moves past its header and padded data."""
+        where = (self._pos + 512, size)
+        self._pos += 512 + size + (-size % 512)
+        return where
 
     def close(self) -> None:
         self._tar.close()
@@ -219,7 +313,7 @@ def _make_sample(key: str, group: dict[str, bytes], source: str) -> Sample:
     try:
         meta = json.loads(group[META_EXT])
         label_index = int(group[CLS_EXT])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{source}: sample {key!r} has unreadable metadata: {exc}") from exc
     offsets = meta.get("offsets")
     if not offsets or offsets[-1] != len(group[FRAMES_EXT]):

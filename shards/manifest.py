@@ -12,6 +12,7 @@ Layout below a dataset's output root (see ``shards/FORMAT.md``)::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterable
@@ -54,6 +55,10 @@ SHARD_SCHEMA = pa.schema(
         ("frames", pa.int64()),
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
+        # The shard's index (shards/index.py) relative to the root, and its sha256; null for shards made
+        # before indexes existed (`e3d index ROOT` adds them).
+        ("index_path", pa.string()),
+        ("index_sha256", pa.string()),
     ]
 )
 
@@ -89,6 +94,8 @@ class ShardRow:
     frames: int
     bytes: int
     sha256: str
+    index_path: str | None = None
+    index_sha256: str | None = None
 
 
 @dataclass
@@ -218,6 +225,7 @@ def verify(root: str, *, check_samples: bool = True) -> VerifyResult:
         if digest != row.sha256:
             problems.append(f"{rel}: sha256 {digest[:12]}…, manifest says {row.sha256[:12]}…")
             continue
+        problems.extend(_verify_index(fs, base, rel, row, check_samples))
         if check_samples:
             try:
                 keys = _check_shard_samples(fs, path, rel, problems)
@@ -232,3 +240,106 @@ def verify(root: str, *, check_samples: bool = True) -> VerifyResult:
                 problems.append(f"{rel}: keys differ from the manifest's ok videos "
                                 f"({len(set(keys) - want)} extra, {len(want - set(keys))} absent)")
     return VerifyResult(len(seen), n_samples, tuple(problems))
+
+
+def _verify_index(fs, base: str, rel: str, row: ShardRow, deep: bool) -> list[str]:
+    """Problems with a shard's index: missing, sha256 mismatch, malformed, or (``deep``) not describing the shard."""
+    if not row.index_path:
+        return []
+    from shards.index import ShardIndexError, check_index, parse_index
+
+    ipath = storage.join(base, row.index_path)
+    if not storage.exists(fs, ipath):
+        return [f"{row.index_path}: missing (index of {rel})"]
+    data = storage.read_bytes(fs, ipath)
+    if hashlib.sha256(data).hexdigest() != row.index_sha256:
+        return [f"{row.index_path}: sha256 differs from the manifest's"]
+    try:
+        index = parse_index(data, row.index_path, shard_bytes=row.bytes, shard_sha256=row.sha256)
+    except ShardIndexError as exc:
+        return [str(exc)]
+    if len(index.entries) != row.samples:
+        return [f"{row.index_path}: {len(index.entries)} samples, manifest says {row.samples}"]
+    if deep:
+        shard = storage.join(storage.to_uri(fs, base), rel)
+        return [f"{row.index_path}: {p}" for p in check_index(index, shard, known=(row.sha256, row.bytes))]
+    return []
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    written: int
+    present: int
+    problems: tuple[str, ...]
+
+
+def index_root(root: str, *, force: bool = False) -> IndexResult:
+    """Write the index of every shard of ``root`` that has none (all with ``force``); list them in the manifests.
+
+    For shards made before indexes existed. Each index is built by walking the shard (which must match its
+    manifest sha256), written atomically next to it, added to its task record (so a preprocessing rerun keeps
+    it) and to every split's ``shards.parquet``. A shard that does not match its manifest is reported, not
+    indexed. Rerunnable: indexes already listed are kept unless ``force``.
+    """
+    from shards.index import build_index, index_path_for
+
+    fs, base = storage.resolve(root)
+    info = read_dataset_info(root)
+    uri = storage.to_uri(fs, base)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for split in [*info["splits"], "unlisted"]:
+        try:
+            tables[split] = read_table(root, split, "shards").to_pylist()
+        except FileNotFoundError:
+            continue
+    done: dict[str, tuple[str, str] | None] = {}
+    problems: list[str] = []
+    written = present = 0
+    for rows in tables.values():
+        for r in rows:
+            rel = r["path"]
+            if rel in done:
+                continue
+            if r.get("index_path") and not force:
+                done[rel] = (r["index_path"], r["index_sha256"])
+                present += 1
+                continue
+            try:
+                index = build_index(storage.join(uri, rel))
+            except (ValueError, OSError) as exc:
+                problems.append(f"{rel}: not indexed: {exc}")
+                done[rel] = None
+                continue
+            if (index.shard_sha256, index.shard_bytes) != (r["sha256"], r["bytes"]):
+                problems.append(f"{rel}: not indexed: the shard differs from its manifest (run e3d verify)")
+                done[rel] = None
+                continue
+            irel = index_path_for(rel)
+            digest = storage.write_bytes_atomic(fs, storage.join(base, irel), index.to_bytes())
+            done[rel] = (irel, digest)
+            written += 1
+            _record_index(fs, base, rel, irel, digest)
+    for split, rows in tables.items():
+        for r in rows:
+            got = done.get(r["path"])
+            r["index_path"], r["index_sha256"] = got if got else (None, None)
+        table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+        _write_table(fs, storage.join(base, "manifest", split, "shards.parquet"), table)
+    return IndexResult(written, present, tuple(problems))
+
+
+def _record_index(fs, base: str, shard_rel: str, index_rel: str, digest: str) -> None:
+    # shards/<set>/shard-N.tar -> records/<set>/shard-N.json (FORMAT.md layout)
+    if not shard_rel.startswith("shards/") or not shard_rel.endswith(".tar"):
+        return
+    rpath = storage.join(base, "records", shard_rel[len("shards/"):-len(".tar")] + ".json")
+    if not storage.exists(fs, rpath):
+        return
+    try:
+        rec = json.loads(storage.read_bytes(fs, rpath))
+    except ValueError:
+        return
+    if rec.get("shard") != shard_rel:
+        return
+    rec["index_path"], rec["index_sha256"] = index_rel, digest
+    storage.write_bytes_atomic(fs, rpath, json.dumps(rec, sort_keys=True, indent=1).encode())

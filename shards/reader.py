@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from shards import storage
-from shards.format import CLS_EXT, FRAMES_EXT, META_EXT
+from shards.format import CLS_EXT, FRAMES_EXT, MAX_SMALL_MEMBER, META_EXT, SampleError, validate_sample
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -61,6 +61,10 @@ class RawSample:
     index: int
     members: dict[str, bytes] = field(default_factory=dict)
     frames: Member | None = None
+    #: ``(data offset, size)`` in the shard file of each small member (what an index records).
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Set when a member was refused unread (e.g. a ``.json`` member larger than ``MAX_SMALL_MEMBER``).
+    error: str | None = None
 
     def missing(self) -> list[str]:
         have = set(self.members) | ({FRAMES_EXT} if self.frames is not None else set())
@@ -68,10 +72,14 @@ class RawSample:
 
 
 def _octal(field_bytes: bytes) -> int:
+    """A numeric header field; ValueError when it is not a non-negative octal (or GNU base-256) number."""
     if field_bytes and field_bytes[0] & 0x80:  # GNU base-256 encoding for large sizes
-        value = int.from_bytes(field_bytes[1:], "big")
-        return value
+        if field_bytes[0] & 0x40:
+            raise ValueError("negative base-256 number")
+        return int.from_bytes(field_bytes[1:], "big")
     text = field_bytes.split(b"\0", 1)[0].strip()
+    if text and not all(48 <= c <= 55 for c in text):  # int(.., 8) would accept "-", "+", "_"
+        raise ValueError(f"not an octal number: {text[:16]!r}")
     return int(text, 8) if text else 0
 
 
@@ -85,11 +93,17 @@ def _cstr(field_bytes: bytes) -> str:
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
+    """PAX ``"<len> <key>=<value>\\n"`` records; ValueError on anything malformed (never loops forever)."""
     out: dict[str, str] = {}
     pos = 0
     while pos < len(data):
         space = data.index(b" ", pos)
-        length = int(data[pos:space])
+        digits = data[pos:space]
+        if not digits.isdigit():
+            raise ValueError(f"bad PAX record length {digits[:16]!r}")
+        length = int(digits)
+        if length <= space - pos or pos + length > len(data):  # must cover its own length field
+            raise ValueError(f"PAX record length {length} out of range")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         out[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
         pos += length
@@ -110,12 +124,21 @@ class ShardReader:
     sequential stream, only forward of what was read before.
     """
 
-    def __init__(self, f: Any, source: str, *, seekable: bool | None = None, readahead: int = 1 << 16):
+    def __init__(self, f: Any, source: str, *, seekable: bool | None = None, readahead: int = 1 << 16,
+                 size: int | None = None):
         self._f = f
         self.source = source
         if seekable is None:
             seekable = bool(getattr(f, "seekable", lambda: False)())
         self._seekable = seekable
+        if size is None and seekable:
+            try:
+                size = int(f.size()) if hasattr(f, "size") else None
+            except (OSError, TypeError, ValueError):
+                size = None
+        #: The shard's size in bytes when known: no member may claim to extend past it (a huge tar size
+        #: field would otherwise become a huge allocation).
+        self.size = size
         # A sample's headers, metadata and label are ~7 KB in a row: one read-ahead chunk serves them all, so
         # a sample costs two file reads (that chunk and its frame range) instead of six.
         self._readahead = readahead
@@ -181,11 +204,15 @@ class ShardReader:
                 raise ShardFormatError(f"{self.source}: truncated header at byte {start}")
             if header == _ZERO_BLOCK:
                 return None
-            stored = _octal(header[148:156])
+            try:
+                stored = _octal(header[148:156])
+                size = _octal(header[124:136])
+            except ValueError as exc:
+                raise ShardFormatError(f"{self.source}: bad tar header at byte {start} ({exc})") from None
             actual = sum(header) - sum(header[148:156]) + 8 * 32  # the checksum field counts as spaces
             if stored != actual and stored != _signed_checksum(header):
                 raise ShardFormatError(f"{self.source}: bad tar header checksum at byte {start}")
-            size = _octal(header[124:136])
+            self._check_size(size, start)
             kind = header[156:157]
             name = _cstr(header[0:100])
             if header[257:262] == b"ustar":
@@ -193,12 +220,17 @@ class ShardReader:
                 if prefix:
                     name = f"{prefix}/{name}"
             data_end = self._pos + size + (-size % BLOCK)
+            if kind in (b"L", b"x") and size > 1 << 20:
+                raise ShardFormatError(f"{self.source}: {size}-byte extended header at byte {start}")
             if kind == b"L":  # GNU long name for the next member
                 long_name = self._read_exact(size).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
                 self._seek(data_end)
                 continue
             if kind == b"x":  # PAX extended header for the next member
-                pax = _pax_records(self._read_exact(size))
+                try:
+                    pax = _pax_records(self._read_exact(size))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise ShardFormatError(f"{self.source}: bad PAX header at byte {start} ({exc})") from None
                 self._seek(data_end)
                 continue
             if kind not in _REGULAR:  # directories, links, global PAX headers: not sample data
@@ -209,8 +241,19 @@ class ShardReader:
             if "path" in pax:
                 name = pax["path"]
             if "size" in pax:
+                if not pax["size"].isdigit():
+                    raise ShardFormatError(f"{self.source}: bad PAX size at byte {start}")
                 size = int(pax["size"])
+                self._check_size(size, start)
             return Member(name=name, offset=self._pos, size=size)
+
+    def _check_size(self, size: int, start: int) -> None:
+        end = start + BLOCK + size
+        if self.size is not None and end > self.size:
+            raise ShardFormatError(f"{self.source}: member at byte {start} claims {size} B, past the end of the "
+                                   f"{self.size}-byte shard")
+        if size > 1 << 40:  # size unknown (a stream): still refuse the absurd
+            raise ShardFormatError(f"{self.source}: member at byte {start} claims {size} B")
 
     def _end_of(self, m: Member) -> int:
         return m.offset + m.size + (-m.size % BLOCK)
@@ -245,8 +288,12 @@ class ShardReader:
                 index += 1
                 current = None
                 self._seek(self._end_of(m))
+            elif m.size > MAX_SMALL_MEMBER:
+                current.error = f".{ext} member of {m.size} B exceeds {MAX_SMALL_MEMBER} B"
+                self._seek(self._end_of(m))
             else:
                 current.members[ext] = self._read_exact(m.size)
+                current.ranges[ext] = (m.offset, m.size)
                 self._seek(self._end_of(m))
 
     def read_range(self, m: Member, start: int, stop: int) -> bytes:
@@ -257,36 +304,24 @@ class ShardReader:
         return self._read_exact(stop - start)
 
 
-def check_sample(raw: RawSample) -> tuple[dict[str, Any], int]:
+def check_sample(raw: RawSample, *, num_classes: int | None = None) -> tuple[dict[str, Any], int]:
     """Parse and validate one sample's metadata against its members; the check training and ``verify`` share.
 
-    Returns ``(meta, label)``: the ``.json`` object (``offsets`` has ``num_frames + 1`` increasing byte
-    offsets into the ``.jpgs`` member, starting at 0 and ending at its size) and the ``.cls`` label index.
-    Raises ``ValueError`` saying what is wrong (missing member, unreadable JSON, offset table mismatch,
-    label disagreement); the frame bytes themselves are not read.
+    Returns ``(meta, label)``: the ``.json`` object (``offsets`` has ``num_frames + 1`` increasing integer byte
+    offsets into the ``.jpgs`` member, starting at 0 and ending at its size; ``stride`` defaults to 1) and the
+    ``.cls`` label index (within ``[-1, num_classes)`` when ``num_classes`` is given). Raises
+    :class:`shards.format.SampleError` (a ``ValueError``) saying what is wrong, whatever the bytes; the frame
+    bytes themselves are not read.
     """
+    if raw.error is not None:
+        raise SampleError(raw.error)
+    if raw.frames is None:
+        raise SampleError(f"lacks member(s) {raw.missing()}")
     missing = raw.missing()
     if missing:
-        raise ValueError(f"lacks member(s) {missing}")
-    try:
-        meta = json.loads(raw.members[META_EXT])
-        label = int(raw.members[CLS_EXT])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"unreadable metadata ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise ValueError("metadata is not a JSON object")
-    offsets = meta.get("offsets")
-    n = meta.get("num_frames")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"bad num_frames {n!r}")
-    if not isinstance(offsets, list) or len(offsets) != n + 1 or offsets[0] != 0:
-        raise ValueError("offset table does not match num_frames")
-    assert raw.frames is not None
-    if offsets[-1] != raw.frames.size or offsets != sorted(offsets):
-        raise ValueError("offset table does not match the frame blob")
-    if "label_index" in meta and meta["label_index"] != label:
-        raise ValueError(f".cls label {label} differs from metadata label_index {meta['label_index']}")
-    return meta, label
+        raise SampleError(f"lacks member(s) {missing}")
+    return validate_sample(raw.members.get(META_EXT), raw.members.get(CLS_EXT), raw.frames.size,
+                           num_classes=num_classes)
 
 
 def open_shard(url: str, *, sequential: bool | None = None,
@@ -300,8 +335,9 @@ def open_shard(url: str, *, sequential: bool | None = None,
     if sequential is None:
         sequential = not isinstance(fs, pafs.LocalFileSystem)
     if sequential:
+        size = fs.get_file_info(path).size  # bounds every member size read from the (untrusted) headers
         f = fs.open_input_stream(path, compression=None, buffer_size=4 << 20)
-        return f, ShardReader(f, url, seekable=False)
+        return f, ShardReader(f, url, seekable=False, size=size)
     f = fs.open_input_file(path)
     return f, ShardReader(f, url, seekable=True)
 
@@ -317,8 +353,11 @@ def scan_shard(url: str) -> list[tuple[str, int, int]]:
         for raw in reader.samples():
             if META_EXT not in raw.members:
                 raise ValueError(f"{url}: sample {raw.key!r} lacks its .{META_EXT} member")
-            meta = json.loads(raw.members[META_EXT])
-            out.append((raw.key, int(meta["num_frames"]), int(meta.get("stride", 1))))
+            try:
+                meta = json.loads(raw.members[META_EXT])
+                out.append((raw.key, int(meta["num_frames"]), int(meta.get("stride", 1))))
+            except (ValueError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{url}: sample {raw.key!r} has unreadable metadata ({exc})") from None
     finally:
         f.close()
     return out

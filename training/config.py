@@ -106,6 +106,9 @@ class TrainConfig:
             worker, averaged over the workers (0: off; :mod:`training.precise_bn`).
         ema: decay of an exponential moving average of the weights and BatchNorm buffers, updated every step
             and used for validation and the final evaluation (0: off; :mod:`training.ema`).
+        cache_dir: local shard cache for shards on object storage (shared by the processes of a node, least
+            recently used shards evicted); None: clips are read by ranges every epoch.
+        cache_gb: the cache's size cap in GB; a split larger than the cap is read by ranges (never filled).
     """
 
     dataset: str = field(metadata={"choices": DATASETS})
@@ -150,6 +153,8 @@ class TrainConfig:
     profile_steps: int = 0
     precise_bn: int = 0
     ema: float = 0.0
+    cache_dir: str | None = None
+    cache_gb: float = 100.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -243,7 +248,8 @@ class TrainConfig:
         from training.data.config import LoaderConfig  # training.data.config imports this module
 
         kw: dict[str, Any] = {"clip_len": self.clip_len, "size": self.size, "num_workers": self.loader_workers,
-                              "seed": self.seed, "batch_size": self.batch_size}
+                              "seed": self.seed, "batch_size": self.batch_size, "cache_dir": self.cache_dir,
+                              "cache_gb": self.cache_gb}
         if self.crop_scales:
             kw["scales"] = self.crop_scales
         return LoaderConfig.for_dataset(self.dataset, mode, **{**kw, **overrides})

@@ -270,7 +270,7 @@ def write_predictions(path: str | os.PathLike, predictions: Sequence[Mapping[str
 
 def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None, split: str | None = None,
                         batch_size: int = 16, use_gpu: bool = False, device: torch.device | None = None,
-                        mode: str = "eval", loader_workers: int = 0) -> dict[str, Any]:
+                        mode: str = "eval", loader_workers: int = 0, cache_dir: str | None = None) -> dict[str, Any]:
     """Evaluate one of our checkpoints on a split with the protocol of this module, on this rank.
 
     Dataset, clip length, crop size, normalisation and class names come from the checkpoint's training
@@ -296,7 +296,9 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
         raise ValueError(f"{shards} has classes {classes}, the checkpoint was trained on {extra['classes']}")
     split = split or tcfg.splits[1]
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    lcfg = tcfg.loader_config(mode, batch_size=batch_size, num_workers=loader_workers)
+    # cache_dir: this evaluation's own (the training run's may name a folder on another machine).
+    lcfg = tcfg.loader_config(mode, batch_size=batch_size, num_workers=loader_workers, num_classes=len(classes),
+                              cache_dir=cache_dir)
     specs = shard_specs(shards, split, videos=True)
     loader = ClipLoader(ClipStream(specs, lcfg), pin_memory=device.type == "cuda")
     channels_last = tcfg.uses_channels_last(device.type)

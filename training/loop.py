@@ -500,7 +500,8 @@ class RunState:
         return [m for m in self.members if m.active]
 
     def eval_loader(self, mode: str) -> tuple[ClipLoader, dict[str, int]]:
-        lcfg = self.cfg.loader_config(mode, batch_size=self.cfg.per_worker_batch(self.world))
+        lcfg = self.cfg.loader_config(mode, batch_size=self.cfg.per_worker_batch(self.world),
+                                      num_classes=len(self.classes))
         loader = ClipLoader(ClipStream(self.val_specs, lcfg), pin_memory=self.device.type == "cuda",
                             generator=torch.Generator())
         return loader, expected_clips(self.val_specs, lcfg)
@@ -530,7 +531,8 @@ def setup(cfgs: list[TrainConfig], session: Session, hooks: Hooks) -> RunState:
     train_split, val_split = cfg.splits
     train_specs = shard_specs(cfg.shards, train_split, videos=False)
     train_loader = ClipLoader(
-        ClipStream(train_specs, cfg.loader_config("train", batch_size=cfg.per_worker_batch(world))),
+        ClipStream(train_specs, cfg.loader_config("train", batch_size=cfg.per_worker_batch(world),
+                                                  num_classes=len(classes))),
         # Each DataLoader iterator draws a seed; from its own generator it leaves the global RNG (dropout) alone,
         # so a mid-epoch resume replays exactly the dropout masks of an uninterrupted run.
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))

@@ -49,6 +49,16 @@ class LoaderConfig:
         max_corrupt_fraction: ... or this fraction of the worker's samples, whichever is larger.
         fast_decode: libjpeg-turbo's fast IDCT and chroma upsampling (~7 % faster, slightly lower quality).
         sequential_io: stream shards instead of seeking; None: seek on local disks, stream elsewhere.
+        num_classes: labels must lie in ``[-1, num_classes)``; a sample outside is corrupt (None: unchecked).
+        use_index: read clips from object storage by ranges through the shard's index when it has one.
+        io_threads: ranged requests in flight per DataLoader worker (object storage).
+        io_window: clip reads issued ahead of the consumer per worker; None: ``4 × io_threads``.
+        cache_dir: local shard cache directory (object storage; shared by the processes of a node); None: off.
+        cache_gb: the cache's size cap in GB (10^9 bytes); a cache too small for a shard is bypassed.
+        verify_shards: check each shard against the manifest's sha256 the first time a process opens it;
+            None: on for object storage, off for local disks (see :mod:`shards.access`).
+        io_retries: attempts per object-store read on transient errors (backoff with jitter between them),
+            after which the sample counts as corrupt.
     """
 
     dataset: str
@@ -69,6 +79,14 @@ class LoaderConfig:
     max_corrupt_fraction: float = 0.001
     fast_decode: bool = False
     sequential_io: bool | None = None
+    num_classes: int | None = None
+    use_index: bool = True
+    io_threads: int = 8
+    io_window: int | None = None
+    cache_dir: str | None = None
+    cache_gb: float = 100.0
+    verify_shards: bool | None = None
+    io_retries: int = 5
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -91,6 +109,20 @@ class LoaderConfig:
             raise ValueError(f"crop_position must be 'random' or 'corner', got {self.crop_position!r}")
         if not 0 <= self.max_corrupt_fraction <= 1:
             raise ValueError("max_corrupt_fraction must be within [0, 1]")
+        if self.io_threads < 1 or (self.io_window is not None and self.io_window < 1) or self.cache_gb < 0 \
+                or self.io_retries < 1:
+            raise ValueError("io_threads, io_window and io_retries must be >= 1 and cache_gb >= 0")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    def access_config(self, dataset_bytes: int | None = None):
+        """The :class:`shards.access.AccessConfig` of these settings (``dataset_bytes``: the shards' total)."""
+        from shards.access import AccessConfig
+        from shards.ranged import RetryPolicy
+
+        return AccessConfig(threads=self.io_threads, window=self.io_window, cache_dir=self.cache_dir,
+                            cache_bytes=int(self.cache_gb * 1e9), verify=self.verify_shards,
+                            dataset_bytes=dataset_bytes, retry=RetryPolicy(attempts=self.io_retries))
 
     @classmethod
     def for_dataset(cls, dataset: str, mode: str = "train", **overrides) -> LoaderConfig:

@@ -75,7 +75,8 @@ class TrainMode:
         def want(i: int) -> bool:
             return i >= first_new or i in keep
 
-        inputs = read_segments(ctx, plan.segments, want, lambda *a: self._sample(ctx, *a))
+        inputs = read_segments(ctx, plan.segments, want, lambda *a: self._sample(ctx, *a),
+                               lambda entry, gid: [self._clip(ctx, entry.num_frames, entry.stride, gid)])
         held: dict[int, Sample] = {}
         nread = 0
         for j in range(start, n_out):
@@ -87,16 +88,22 @@ class TrainMode:
             yield j, held.pop(int(order[j])), held
 
     @staticmethod
-    def _sample(ctx: EpochContext, reader: ShardReader, raw: RawSample, url: str, gid: int) -> Sample:
+    def _clip(ctx: EpochContext, num_frames: int, stride: int, gid: int) -> np.ndarray:
+        """The random clip of sample ``gid`` this epoch: a function of ``(seed, epoch, gid)`` only."""
         cfg = ctx.cfg
+        rng = CounterRng(cfg.seed, ctx.epoch, TAG_TIME, gid)
+        return random_clip(num_frames, cfg.clip_len, cfg.step_for(stride), rng)
+
+    @staticmethod
+    def _sample(ctx: EpochContext, reader: ShardReader, raw: RawSample, url: str, gid: int) -> Sample:
         try:
-            meta, label = check_sample(raw)
-            step = cfg.step_for(int(meta.get("stride", 1)))
-            clip = random_clip(meta["num_frames"], cfg.clip_len, step, CounterRng(cfg.seed, ctx.epoch, TAG_TIME, gid))
+            meta, label = check_sample(raw, num_classes=ctx.cfg.num_classes)
+            clip = TrainMode._clip(ctx, meta["num_frames"], meta["stride"], gid)
             ((jpegs, gather),) = read_frames(reader, raw, meta["offsets"], [clip])
         except (ValueError, ShardFormatError) as exc:
             return Sample(index=gid, shard=url, key=raw.key, error=str(exc))
-        return Sample(index=gid, shard=url, key=raw.key, label=label, jpegs=jpegs, gather=gather)
+        return Sample(index=gid, shard=url, key=raw.key, label=label, jpegs=jpegs, gather=gather,
+                      width=meta.get("width"), height=meta.get("height"))
 
     def place(self, ctx: EpochContext, index: int) -> Place:
         """Multi-scale crop and flip drawn from ``(seed, epoch, index)``."""
@@ -127,7 +134,8 @@ class TrainMode:
                     if err is None:
                         return donor
                     donor.error = err  # counted when its own turn comes
-        for _, donor in read_segments(ctx, ctx.plan.segments, lambda i: True, lambda *a: self._sample(ctx, *a)):
+        for _, donor in read_segments(ctx, ctx.plan.segments, lambda i: True, lambda *a: self._sample(ctx, *a),
+                                      lambda entry, gid: [self._clip(ctx, entry.num_frames, entry.stride, gid)]):
             if donor is not None and donor.error is None and decode_into(ctx, donor, out, place) is None:
                 return donor
         raise CorruptDataError(f"no readable sample left in {ctx.budget.where} to replace {sample.key!r} "

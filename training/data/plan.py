@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shards.access import ShardRef
 from training.data.config import LoaderConfig
 from training.data.sampling import CounterRng
 
@@ -41,11 +42,20 @@ class ShardSpec:
         samples: number of samples (videos) in the shard.
         videos: ``(key, num_frames, stride)`` per sample in stored order; needed by ``val``/``eval``
             (keys to pick videos, frame counts to count evaluation windows), unused in training.
+        bytes, sha256: the shard's size and digest from the manifest (None when unknown).
+        index_url, index_sha256: its index (``shards/index.py``) and the index's digest; None without one.
     """
 
     url: str
     samples: int
     videos: tuple[tuple[str, int, int], ...] | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    index_url: str | None = None
+    index_sha256: str | None = None
+
+    def ref(self) -> ShardRef:
+        return ShardRef(self.url, self.bytes, self.sha256, self.index_url, self.index_sha256)
 
     def __post_init__(self) -> None:
         if self.samples < 0:

@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from shards import storage
+from shards.access import ShardAccess
+from shards.format import check_jpeg_headers
+from shards.index import IndexEntry, ShardIndex
+from shards.ranged import Request
 from shards.reader import RawSample, ShardFormatError, ShardReader, check_sample, open_shard
 from training.data.config import LoaderConfig
 from training.data.plan import EvalItem, Segment, ShardSpec, StreamPlan
@@ -45,6 +50,8 @@ class Sample:
     window: int = -1
     error: str | None = None  # set when the sample is corrupt
     pad: bool = False
+    width: int | None = None  # frame size the metadata states; JPEG headers must agree before decoding
+    height: int | None = None
 
 
 #: Placement of a decoded clip: ``(height, width) -> (crop box, flip)``.
@@ -84,6 +91,8 @@ class EpochContext:
         shared: allocate batches in shared memory (inside a DataLoader worker).
         filesystems: url → resolved (filesystem, path), filled as shards are opened.
         buffers: decode and resize work arrays reused from clip to clip, keyed by shape.
+        access: object-storage access (ranged reads through shard indexes, shard cache, verification); None:
+            every shard is opened with :func:`shards.reader.open_shard` as is.
     """
 
     cfg: LoaderConfig
@@ -95,25 +104,64 @@ class EpochContext:
     shared: bool = False
     filesystems: dict[str, Any] = field(default_factory=dict)
     buffers: dict[tuple, np.ndarray] = field(default_factory=dict)
+    access: ShardAccess | None = None
 
-    def open(self, url: str) -> tuple[Any, ShardReader]:
+    def open(self, spec: ShardSpec) -> tuple[Any, ShardReader]:
+        """Open a shard for a tar walk: a local copy when there is one (local disk, shard cache, or a verified
+        download of a remote shard without index), else the shard itself as ``sequential_io`` says."""
+        url = spec.url
+        access = self.access
+        if access is not None and storage.is_remote(url):
+            ref = spec.ref()
+            local = access.local(ref)  # a cached copy was verified when it was filled
+            if local is None:
+                access.check_object(ref)
+            if local is None and access.verifies(ref) and ref.sha256 is not None:
+                local = access.open_stream(ref)  # the bytes a sequential read streams anyway, hashed
+            if local is not None:
+                return open_shard(url, sequential=False, filesystem=(pafs.LocalFileSystem(), local))
         fs = self.filesystems.get(url)
         if fs is None:
             fs = self.filesystems[url] = storage.resolve(url)
         return open_shard(url, sequential=self.cfg.sequential_io, filesystem=fs)
 
+    def ranged_index(self, spec: ShardSpec) -> ShardIndex | None:
+        """The shard's index when its clips are to be read by ranges (remote, indexed, not cached), else None."""
+        access = self.access
+        if access is None or not self.cfg.use_index or not storage.is_remote(spec.url) or spec.index_url is None:
+            return None
+        ref = spec.ref()
+        if access.local(ref) is not None or access.bad(ref):
+            return None  # a verified local copy (seeks are cheaper than requests), or a shard found bad
+        index = access.index(ref)
+        if index is None or len(index.entries) != spec.samples:
+            return None  # unusable index (reported by `e3d verify`): walk the tar instead
+        return index  # the object's size is checked against the manifest when the ranged reader opens it
+
 
 # -- read ---------------------------------------------------------------------------------------------
 
 
-def read_frames(reader: ShardReader, raw: RawSample, offsets: list[int], clips: list[np.ndarray]
+def clip_span(clips: Sequence[np.ndarray]) -> tuple[int, int]:
+    """First and last stored frame any of ``clips`` uses."""
+    return min(int(c.min()) for c in clips), max(int(c.max()) for c in clips)
+
+
+def read_frames(reader: ShardReader, raw: RawSample, offsets: Sequence[int], clips: list[np.ndarray]
                 ) -> list[tuple[list[memoryview], np.ndarray | None]]:
     """Read the byte range covering the frames of ``clips`` once; return (distinct JPEGs, gather) per clip."""
-    lo = min(int(c.min()) for c in clips)
-    hi = max(int(c.max()) for c in clips)
+    lo, hi = clip_span(clips)
     assert raw.frames is not None
-    base = offsets[lo]
-    blob = memoryview(reader.read_range(raw.frames, base, offsets[hi + 1]))
+    blob = reader.read_range(raw.frames, int(offsets[lo]), int(offsets[hi + 1]))
+    return slice_clips(blob, offsets, lo, clips)
+
+
+def slice_clips(blob: bytes, offsets: Sequence[int], lo: int, clips: list[np.ndarray]
+                ) -> list[tuple[list[memoryview], np.ndarray | None]]:
+    """(distinct JPEGs, gather) per clip from ``blob``, the bytes of stored frames ``lo`` onwards."""
+    base = int(offsets[lo])
+    blob = memoryview(blob)
+    offsets = [int(o) for o in offsets] if not isinstance(offsets, list) else offsets
     out = []
     for c in clips:
         uniq = np.unique(c)
@@ -126,15 +174,30 @@ def read_frames(reader: ShardReader, raw: RawSample, offsets: list[int], clips: 
 
 #: Makes the sample record of one stored sample: ``(reader, raw sample, shard url, global id) -> Sample``.
 MakeSample = Callable[[ShardReader, RawSample, str, int], Sample]
+#: The clip(s) of an indexed sample: ``(index entry, global id) -> [(T,) int64 stored-frame indices]``.
+ClipsOfEntry = Callable[[IndexEntry, int], list[np.ndarray]]
 
 
 def read_segments(ctx: EpochContext, segments: Sequence[Segment], want: Callable[[int], bool],
-                  make: MakeSample) -> Iterator[tuple[int, Sample | None]]:
+                  make: MakeSample, clips_of: ClipsOfEntry | None = None) -> Iterator[tuple[int, Sample | None]]:
     """Yield ``(input index, sample or None)`` for every input of ``segments`` in order.
 
     Inputs for which ``want`` is false are skipped at the tar-header level (None); a shard that cannot
-    be read yields corrupt samples for the samples it should have held.
+    be read yields corrupt samples for the samples it should have held. With ``clips_of`` and a remote
+    shard that has an index, a sample is one ranged read of its clip's frames, issued ahead of the consumer
+    (``io_window``); the samples are the same as a tar walk's.
     """
+    if clips_of is None or ctx.access is None:
+        yield from _walk_segments(ctx, segments, want, make)
+        return
+    jobs = _planned_reads(ctx, segments, want, make, clips_of)
+    for (i, job, sample), data in ctx.access.reader().prefetch(jobs, ctx.access.cfg.prefetch,
+                                                                key=lambda it: it[1] and it[1][0]):
+        yield i, (sample if job is None else _ranged_sample(ctx, job, data))
+
+
+def _walk_segments(ctx: EpochContext, segments: Sequence[Segment], want: Callable[[int], bool],
+                   make: MakeSample) -> Iterator[tuple[int, Sample | None]]:
     idx = 0
     for seg in segments:
         n = len(seg)
@@ -146,6 +209,55 @@ def read_segments(ctx: EpochContext, segments: Sequence[Segment], want: Callable
         idx += n
 
 
+def _planned_reads(ctx: EpochContext, segments: Sequence[Segment], want: Callable[[int], bool], make: MakeSample,
+                   clips_of: ClipsOfEntry) -> Iterator[tuple[int, tuple | None, Sample | None]]:
+    """``(input index, ranged job or None, sample or None)`` in order: a job for each wanted input of an indexed
+    remote shard, a finished sample (tar walk) or None (not wanted) otherwise."""
+    if ctx.access is not None and ctx.cfg.use_index:
+        ctx.access.warm([ctx.shards[seg.shard].ref() for seg in segments])
+    idx = 0
+    for seg in segments:
+        spec = ctx.shards[seg.shard]
+        n = len(seg)
+        index = ctx.ranged_index(spec) if any(want(i) for i in range(idx, idx + n)) else None
+        if index is None:
+            for i, sample in _walk_segments(ctx, [seg], lambda k, o=idx: want(k + o), make):
+                yield i + idx, None, sample
+            idx += n
+            continue
+        first = int(ctx.first_ids[seg.shard])
+        for k in range(seg.start, seg.stop):
+            i = idx + k - seg.start
+            if want(i):
+                yield (i, *_ranged_job(ctx, spec, index.entries[k], first + k, clips_of))
+            else:
+                yield i, None, None
+        idx += n
+
+
+def _ranged_job(ctx: EpochContext, spec: ShardSpec, entry: IndexEntry, gid: int, clips_of: ClipsOfEntry
+                ) -> tuple[tuple | None, Sample | None]:
+    try:
+        n_cls = ctx.cfg.num_classes
+        if entry.label < -1 or (n_cls is not None and entry.label >= n_cls):
+            raise ValueError(f"label {entry.label} outside the {n_cls} classes")
+        clips = clips_of(entry, gid)
+        lo, hi = clip_span(clips)
+        start, stop = entry.frame_range(lo, hi)
+    except (ValueError, IndexError) as exc:
+        return None, Sample(index=gid, shard=spec.url, key=entry.key, error=str(exc))
+    return (Request(spec.url, start, stop, spec.bytes), entry, clips, lo, gid, spec.url), None
+
+
+def _ranged_sample(ctx: EpochContext, job: tuple, data: bytes | BaseException | None) -> Sample:
+    _, entry, clips, lo, gid, url = job
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return Sample(index=gid, shard=url, key=entry.key, error=f"unreadable ({data})")
+    ((jpegs, gather),) = slice_clips(data, entry.frames, lo, clips)
+    return Sample(index=gid, shard=url, key=entry.key, label=entry.label, jpegs=jpegs, gather=gather,
+                  width=entry.width, height=entry.height)
+
+
 def _read_segment(ctx: EpochContext, seg: Segment, idx: int, want: Callable[[int], bool],
                   make: MakeSample) -> Iterator[tuple[int, Sample | None]]:
     spec = ctx.shards[seg.shard]
@@ -154,7 +266,7 @@ def _read_segment(ctx: EpochContext, seg: Segment, idx: int, want: Callable[[int
     error: str | None = None
     f = None
     try:
-        f, reader = ctx.open(spec.url)
+        f, reader = ctx.open(spec)
         for raw in reader.samples():
             if raw.index < seg.start:
                 continue
@@ -186,14 +298,20 @@ def read_run(ctx: EpochContext, run: list[EvalItem], base: int, clip_of: ClipOf)
 
     ``base`` is the item position of ``run[0]``; a sample's ``index`` is its item's position.
     """
-    url = ctx.shards[run[0].shard].url
+    spec = ctx.shards[run[0].shard]
+    url = spec.url
     wanted: dict[str, list[tuple[int, EvalItem]]] = {}
     for pos, item in enumerate(run):
         wanted.setdefault(item.key, []).append((pos, item))
     f = None
     error: str | None = None
+    index = ctx.ranged_index(spec)
+    if index is not None:
+        yield from _ranged_run(ctx, spec, index, wanted, base, clip_of)
     try:
-        f, reader = ctx.open(url)
+        if not wanted:
+            return
+        f, reader = ctx.open(spec)
         for raw in reader.samples():
             items = wanted.pop(raw.key, None)
             if items is None:
@@ -212,10 +330,52 @@ def read_run(ctx: EpochContext, run: list[EvalItem], base: int, clip_of: ClipOf)
                          error=error or "not found in the shard (manifest out of date?)")
 
 
+def _ranged_run(ctx: EpochContext, spec: ShardSpec, index: ShardIndex, wanted: dict[str, list[tuple[int, EvalItem]]],
+                base: int, clip_of: ClipOf) -> Iterator[Sample]:
+    """The items of an indexed remote shard: one ranged read per video (all its windows), in stored order, with
+    reads issued ahead; found videos are removed from ``wanted``."""
+    assert ctx.access is not None
+    url = spec.url
+    videos = []
+    for entry in index.entries:
+        items = wanted.pop(entry.key, None)
+        if items is not None:
+            videos.append((entry, items))
+
+    def plan() -> Iterator[tuple[tuple, Request | None]]:
+        for entry, items in videos:
+            try:
+                planned = items[0][1]
+                if (entry.num_frames, entry.stride) != (planned.num_frames, planned.stride):
+                    raise ValueError(f"num_frames/stride {entry.num_frames}/{entry.stride} differ from the "
+                                     f"manifest's {planned.num_frames}/{planned.stride}")
+                n_cls = ctx.cfg.num_classes
+                if entry.label < -1 or (n_cls is not None and entry.label >= n_cls):
+                    raise ValueError(f"label {entry.label} outside the {n_cls} classes")
+                step = ctx.cfg.step_for(entry.stride)
+                clips = [clip_of(item, entry.num_frames, step) for _, item in items]
+                lo, hi = clip_span(clips)
+                yield (entry, items, clips, lo, None), Request(url, *entry.frame_range(lo, hi), spec.bytes)
+            except (ValueError, IndexError) as exc:
+                yield (entry, items, None, 0, str(exc)), None
+
+    for ((entry, items, clips, lo, err), _), data in ctx.access.reader().prefetch(
+            plan(), ctx.access.cfg.prefetch, key=lambda it: it[1]):
+        if err is None and not isinstance(data, bytes | bytearray | memoryview):
+            err = f"unreadable ({data})"
+        if err is not None:
+            for pos, item in items:
+                yield Sample(index=base + pos, shard=url, key=entry.key, window=item.window, error=err)
+            continue
+        for (pos, item), (jpegs, gather) in zip(items, slice_clips(data, entry.frames, lo, clips), strict=True):
+            yield Sample(index=base + pos, shard=url, key=entry.key, label=entry.label, jpegs=jpegs,
+                         gather=gather, window=item.window, width=entry.width, height=entry.height)
+
+
 def _video_samples(ctx: EpochContext, reader: ShardReader, raw: RawSample, url: str,
                    items: list[tuple[int, EvalItem]], base: int, clip_of: ClipOf) -> Iterator[Sample]:
     try:
-        meta, label = check_sample(raw)
+        meta, label = check_sample(raw, num_classes=ctx.cfg.num_classes)
         n = meta["num_frames"]
         planned = items[0][1]
         stride = int(meta.get("stride", 1))
@@ -230,7 +390,7 @@ def _video_samples(ctx: EpochContext, reader: ShardReader, raw: RawSample, url: 
         return
     for (pos, item), (jpegs, gather) in zip(items, frames, strict=True):
         yield Sample(index=base + pos, shard=url, key=raw.key, label=label, jpegs=jpegs, gather=gather,
-                     window=item.window)
+                     window=item.window, width=meta.get("width"), height=meta.get("height"))
 
 
 # -- decode -------------------------------------------------------------------------------------------
@@ -242,6 +402,10 @@ def decode_into(ctx: EpochContext, sample: Sample, out: np.ndarray, place: Place
     assert sample.jpegs is not None
     key = (len(sample.jpegs),)
     try:
+        # The first frame's header sizes the decode buffer, so it must match the metadata before anything is
+        # allocated (a crafted header can claim 65535² px, a 12 GB "decompression bomb"); decode_frames refuses
+        # any later frame whose size differs from the buffer's.
+        check_jpeg_headers(sample.jpegs[:1], sample.width, sample.height)
         frames = decode_frames(sample.jpegs, fast=cfg.fast_decode, out=ctx.buffers.get(key))
     except ValueError as exc:
         return str(exc)

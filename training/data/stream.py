@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from shards import storage
+from shards.access import ShardAccess
 from shards.reader import scan_shard
 from training.data.config import LoaderConfig
 from training.data.modes import Mode, mode_for
@@ -86,8 +88,12 @@ def shard_specs(root: str, split: str, *, videos: bool = True) -> list[ShardSpec
     """
     from shards import manifest
 
-    rows = manifest.read_table(root, split, "shards").select(["path", "samples"]).to_pylist()
+    table = manifest.read_table(root, split, "shards")
+    # index_path/index_sha256 are absent from manifests written before indexes existed.
+    cols = [c for c in ("path", "samples", "bytes", "sha256", "index_path", "index_sha256") if c in table.column_names]
+    rows = table.select(cols).to_pylist()
     urls = manifest.shard_urls(root, split)
+    prefix = storage.canonical(root)
     per_shard: dict[str, list[tuple[str, int, int]]] = {}
     if videos:
         cols = ["key", "num_frames", "stride", "status", "shard"]
@@ -103,7 +109,10 @@ def shard_specs(root: str, split: str, *, videos: bool = True) -> list[ShardSpec
             # key, so this order only decides the output order, never which clips are produced.
             vids = tuple(sorted(per_shard.get(row["path"], []),
                                 key=lambda v: hashlib.sha1(v[0].encode("utf-8")).hexdigest()))
-        specs.append(ShardSpec(url=url, samples=int(row["samples"]), videos=vids))
+        index = row.get("index_path")
+        specs.append(ShardSpec(url=url, samples=int(row["samples"]), videos=vids, bytes=row.get("bytes"),
+                               sha256=row.get("sha256"), index_url=storage.join(prefix, index) if index else None,
+                               index_sha256=row.get("index_sha256")))
     return specs
 
 
@@ -153,6 +162,9 @@ class ClipStream(IterableDataset):
             raise ValueError("no shards given")
         self.epoch = 0
         self.first_ids = np.cumsum([0] + [s.samples for s in self.shards])  # global id of each shard's 1st sample
+        # Object-storage access (ranged reads, cache, verification); each DataLoader worker unpickles its own.
+        sizes = [sp.bytes for sp in self.shards]
+        self.access = ShardAccess(cfg.access_config(dataset_bytes=None if None in sizes else sum(sizes)))
 
     @property
     def streams(self) -> int:
@@ -229,7 +241,7 @@ class EpochStream(IterableDataset):
         budget = CorruptBudget(allowed=max(cfg.max_corrupt, int(cfg.max_corrupt_fraction * plan.items)),
                                seen=seen, where=where, cfg=cfg)
         return EpochContext(cfg=cfg, epoch=self.epoch, shards=ds.shards, first_ids=ds.first_ids, plan=plan,
-                            budget=budget, shared=shared)
+                            budget=budget, shared=shared, access=ds.access)
 
 
 def run_stream(ctx: EpochContext, mode: Mode, skip_batches: int) -> Iterator[dict[str, Any]]:
