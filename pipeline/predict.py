@@ -96,7 +96,7 @@ class LoadedModel:
     dataset: str | None
     clip_len: int
     size: int
-    normalization: Any  # training.data.Normalization
+    normalization: Any  # training.data.InputConvention
     classes: list[str]
     channels_last: bool = False
     amp: bool = False
@@ -137,15 +137,13 @@ def load_model(checkpoint: str, *, model: str | None = None, classes: str | None
 
     from training.checkpoints import load_checkpoint, load_released_checkpoint
     from training.config import TrainConfig
-    from training.data import Normalization, normalization_for
+    from training.evaluate import stored_convention
 
     device = torch.device(device)
     if model is not None:
         net, info = load_released_checkpoint(checkpoint, model, dataset=_released_name(dataset),
                                              map_location=device)
-        conv = info.input_convention
-        norm = Normalization(mean=tuple(conv.mean), std=tuple(conv.std), scale=conv.value_scale / 255.0,
-                             channel_order=conv.channel_order)
+        norm = info.input_convention
         ds = dataset or RELEASED_TO_DATASET.get(info.dataset or "")
         names = read_class_names(classes) if classes else [f"class_{i}" for i in range(info.num_classes)]
         loaded = LoadedModel(net.eval(), model, ds, 16, 112, norm, names,
@@ -156,15 +154,14 @@ def load_model(checkpoint: str, *, model: str | None = None, classes: str | None
         name = net.config.name
         if "train_config" in extra:
             tcfg = TrainConfig.from_dict(extra["train_config"])
-            norm = normalization_for(tcfg.dataset, checkpoint=extra.get("normalization"))
+            norm = stored_convention(net, ckpt)  # exactly what evaluate_checkpoint normalises with
             names = list(extra.get("classes") or [])
             loaded = LoadedModel(net.eval(), name, tcfg.dataset, tcfg.clip_len, tcfg.size, norm, names,
-                                 channels_last=tcfg.channels_last, amp=tcfg.amp, train_shards=tcfg.shards,
+                                 channels_last=tcfg.uses_channels_last(device.type), amp=tcfg.amp,
+                                 train_shards=tcfg.shards,
                                  meta={"format": "e3d", "epoch": ckpt.get("epoch")})
         else:  # saved by save_checkpoint without a training config: the model's own input convention
-            conv = net.input_convention
-            norm = Normalization(mean=tuple(conv.mean), std=tuple(conv.std), scale=conv.value_scale / 255.0,
-                                 channel_order=conv.channel_order)
+            norm = net.input_convention
             loaded = LoadedModel(net.eval(), name, dataset, 16, 112, norm, [],
                                  meta={"format": "e3d", "epoch": ckpt.get("epoch")})
         if classes:
@@ -195,13 +192,20 @@ def _num_outputs(model: Any) -> int | None:
 # -- decode settings ---------------------------------------------------------------------------------------
 
 
+def _native_fps(dataset: str | None) -> float | None:
+    """The frame rate of a frame-folder dataset (DatasetSpec); None for video datasets or an unknown name."""
+    from shards.datasets import DATASET_SPECS
+
+    spec = DATASET_SPECS.get(dataset or "")
+    return spec.native_fps if spec is not None else None
+
+
 def decode_settings(dataset: str | None, shards: str | None = None, train_shards: str | None = None
                     ) -> DecodeSettings:
     """The preprocessing settings new videos are decoded with: the ``dataset.json`` of ``shards``, else of
     the checkpoint's training shards when readable, else the preprocessing defaults for ``dataset``."""
     from preprocess.config import PreprocessConfig
     from preprocess.datasets import ADAPTERS
-    from preprocess.run import NATIVE_FPS
     from shards.manifest import read_dataset_info
 
     for root, required in ((shards, True), (train_shards, False)):
@@ -223,11 +227,11 @@ def decode_settings(dataset: str | None, shards: str | None = None, train_shards
             raise ValueError(f"{root}/dataset.json: implausible preprocessing settings (stride {stride!r}, "
                              f"short_side {short!r}, quality {quality!r})")
         return DecodeSettings(short_side=short, quality=quality, decoder=c.get("decoder", "av"), stride=stride,
-                              native_fps=NATIVE_FPS.get(ds), source=f"{root}/dataset.json")
+                              native_fps=_native_fps(ds), source=f"{root}/dataset.json")
     defaults = PreprocessConfig(dataset=dataset or "", src="", out="")
     adapter = ADAPTERS.get(dataset or "")
     return DecodeSettings(short_side=defaults.short_side, quality=defaults.quality, decoder=defaults.decoder,
-                          stride=adapter.stride if adapter else 1, native_fps=NATIVE_FPS.get(dataset or ""),
+                          stride=adapter.stride if adapter else 1, native_fps=_native_fps(dataset),
                           timeout_s=defaults.timeout_s)
 
 

@@ -218,7 +218,7 @@ def test_pretrained_on_object_storage_is_checked_and_loaded_through_storage(
                                       model="shufflenetv2_0.25x", batch_size=4)
     checked = check_train(cfg, workers=2, resume=False)
     assert checked.pretrained_format == "ours"  # resolved on the driver: workers never guess from the file
-    model, _ = build_model(checked, num_classes=3)
+    model, *_ = build_model(checked, num_classes=3)
     src = torch.load(bad_inputs / "good.pt", weights_only=True)["state_dict"]
     key = next(k for k in src if k.startswith("conv1"))
     assert torch.equal(model.state_dict()[key], src[key])  # the backbone came from the bucket

@@ -79,6 +79,28 @@ def _flags(sub) -> set[str]:
     return {s for a in sub._actions for s in a.option_strings}
 
 
+def _bench_parsers():
+    """``e3d bench models`` hands its arguments to these parsers (the speed table, or with ``--runtime`` the
+    deployment-runtime table)."""
+    from training import runtime_bench, speed
+
+    return speed.build_parser(), runtime_bench.build_parser()
+
+
+def _bench_problems(line: int, argv: list[str]) -> list[str]:
+    plain, runtime = _bench_parsers()
+    p = runtime if "--runtime" in argv else plain
+    known = _flags(p)
+    problems = [f"README.md:{line}: e3d bench models has no flag {t}" for t in argv[2:]
+                if t.startswith("--") and t.split("=")[0] not in known]
+    if not problems and "..." not in argv:
+        try:
+            p.parse_args(argv[2:])
+        except SystemExit:
+            problems.append(f"README.md:{line}: `e3d {' '.join(argv)}` does not parse")
+    return problems
+
+
 def test_every_documented_e3d_command_parses_and_every_flag_exists():
     parser, subs = _subparsers()
     text = README.read_text()
@@ -90,6 +112,9 @@ def test_every_documented_e3d_command_parses_and_every_flag_exists():
         checked += 1
         if argv[0] not in subs:
             problems.append(f"README.md:{line}: unknown command e3d {argv[0]}")
+            continue
+        if argv[:2] == ["bench", "models"]:
+            problems += _bench_problems(line, argv)
             continue
         known = _flags(subs[argv[0]])
         problems += [f"README.md:{line}: e3d {argv[0]} has no flag {t}" for t in argv
@@ -107,7 +132,7 @@ def test_every_documented_e3d_command_parses_and_every_flag_exists():
 def test_every_flag_and_inline_command_in_the_prose_exists():
     _, subs = _subparsers()
     text = prose(README.read_text())
-    every_flag = set().union(*(_flags(s) for s in subs.values()))
+    every_flag = set().union(*(_flags(s) for s in subs.values()), *(_flags(p) for p in _bench_parsers()))
     spans = re.findall(r"`([^`]+)`", text.replace("\n", " "))
     problems = []
     for span in spans:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.data import Normalization
+from training.data import InputConvention
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "clips"
@@ -36,11 +36,11 @@ class DeployModel(nn.Module):
     :class:`training.data.ClipNormalizer` (which the evaluation uses), so exported logits match evaluation.
     """
 
-    def __init__(self, model: nn.Module, norm: Normalization):
+    def __init__(self, model: nn.Module, norm: InputConvention):
         super().__init__()
         self.model = model.eval()
         std = torch.tensor(norm.std, dtype=torch.float32)
-        self.register_buffer("mul", (norm.scale / std).view(1, 3, 1, 1, 1))
+        self.register_buffer("mul", (norm.value_scale / 255.0 / std).view(1, 3, 1, 1, 1))
         self.register_buffer("add", (-torch.tensor(norm.mean, dtype=torch.float32) / std).view(1, 3, 1, 1, 1))
         order = [2, 1, 0] if norm.channel_order == "BGR" else [0, 1, 2]
         self.register_buffer("order", torch.tensor(order, dtype=torch.int64))
@@ -51,7 +51,7 @@ class DeployModel(nn.Module):
         return self.model(torch.addcmul(self.add, x.to(torch.float32), self.mul))
 
 
-def metadata(*, model: str, classes: Sequence[str], clip_len: int, size: int, norm: Normalization,
+def metadata(*, model: str, classes: Sequence[str], clip_len: int, size: int, norm: InputConvention,
              dataset: str | None = None, dynamic_batch: bool = True, extra: Mapping[str, Any] | None = None
              ) -> dict[str, Any]:
     """What a deployment needs to know, stored in the exported file."""
@@ -61,7 +61,7 @@ def metadata(*, model: str, classes: Sequence[str], clip_len: int, size: int, no
                   "clip_len": clip_len, "size": size, "batch": "dynamic" if dynamic_batch else "fixed",
                   "range": "0-255, normalised inside the model"},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "layout": "N,num_classes", "kind": "logits"},
-        "normalization": {"mean": list(norm.mean), "std": list(norm.std), "scale": norm.scale,
+        "normalization": {"mean": list(norm.mean), "std": list(norm.std), "value_scale": norm.value_scale,
                           "channel_order": norm.channel_order},
         **dict(extra or {}),
     }

@@ -73,7 +73,6 @@ class RunResult:
             metrics=dict(metrics), **paths)
 
 
-@dataclass(frozen=True)
 def _opt_float(v: Any) -> float | None:
     """A metric that is None on an unlabelled split (no accuracy to report)."""
     return None if v is None else float(v)

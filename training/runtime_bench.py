@@ -261,6 +261,11 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``e3d bench models --runtime``."""
     p = argparse.ArgumentParser(prog="e3d bench models --runtime",
                                 description="Latency and clips/s of the deployed models per runtime.")
     p.add_argument("--runtime", required=True, help=f"comma-separated: {','.join(RUNTIMES)}")
@@ -276,7 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="wall: latency; cpu: this process's CPU time per call (robust on a busy shared machine)")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,6 +192,11 @@ def _split(value: str) -> list[str]:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``e3d bench models`` (without ``--runtime``)."""
     p = argparse.ArgumentParser(
         prog="e3d bench models",
         description="Clips/s of the paper's models for inference and a training step (batch 8 by default).",
@@ -219,7 +224,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="leave cudnn.benchmark off")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    return p
 
 
 def _resolve_models(spec: str | None, device: torch.device) -> list[str]:
