@@ -99,8 +99,8 @@ else
 fi
 "${E3D[@]}" train --dataset jester --shards "$OUT/shards" --out "$OUT/run" --workers 1 --num-cpus 2 \
   "${TRAIN_ARGS[@]}" "${GPU_FLAG[@]}" | tee "$OUT/train.txt"
-# `e3d train` ends with "...; checkpoints: last PATH, best PATH; metrics ..."
-CKPT=$(sed -n 's/.*, best \(.*\); metrics .*/\1/p' "$OUT/train.txt" | tail -1)
+# `e3d train`'s summary names "... -- best checkpoint PATH" (pipeline/logs.train_summary)
+CKPT=$(sed -n 's/.* -- best checkpoint \(.*\)$/\1/p' "$OUT/train.txt" | tail -1)
 [[ -f $CKPT ]] || { echo "gpu_check.sh: no best checkpoint in the train output" >&2; exit 1; }
 "${E3D[@]}" eval --checkpoint "$CKPT" --shards "$OUT/shards" --out "$OUT/eval" "${GPU_FLAG[@]}" | tee "$OUT/eval.txt"
 

@@ -34,9 +34,10 @@ import pyarrow.fs as pafs
 from shards import storage
 from training.errors import InputError
 
-# What may sit in a training run directory (Ray's files, the loop's outputs, a sweep trial's marker).
-RUN_ENTRIES = ("checkpoint_", "epoch", "tensorboard", "profile", "metrics.json", "predictions_", "checkpoint.pt",
-               "trial.json", "checkpoint_manager_snapshot.json", "ray-eval", "eval_")
+# What may sit in a training run directory (Ray's files, the loop's outputs and its local checkpoints/ folder, a
+# sweep trial's marker).
+RUN_ENTRIES = ("checkpoint_", "checkpoints", "epoch", "tensorboard", "profile", "metrics.json", "predictions_",
+               "checkpoint.pt", "trial.json", "checkpoint_manager_snapshot.json", "ray-eval", "eval_")
 SWEEP_ENTRIES = ("trials", "groups", "sweep.json", "results.parquet", "report.md", "accuracy_vs_mflops.png")
 
 

@@ -181,8 +181,8 @@ def train_summary(model: str, dataset: str, run: Any, metrics_path: str, *, fina
     else:
         lines.append(f"  final evaluation on {m.get('eval_split', 'the validation split')} "
                      f"({m.get('eval_videos')} videos, every window): video top1 {v1} top5 {v5}, clip top1 {c1}"
-                     f" -- weights of the last checkpoint {m.get('checkpoint')}"
-                     + (f" ({m['eval_weights']})" if m.get("eval_weights") else ""))
+                     + (f" [{m['eval_weights']}]" if m.get("eval_weights") else "")
+                     + f" -- weights of the last checkpoint {m.get('checkpoint')}")
     best = _num(m.get("best_val_top1"))
     if best is None or float(best) < 0:
         lines.append("  best validation: not evaluated")

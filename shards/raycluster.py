@@ -7,6 +7,7 @@ imports Ray only when called, so nothing else in ``shards/`` needs Ray.
 from __future__ import annotations
 
 import os
+import sys
 
 #: Ray's temp dir for an embedded local Ray: its unix socket paths break when the dir is long (pytest's are).
 RAY_TEMP_DIR = "/tmp/e3dray"
@@ -32,6 +33,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        # Ray's own "Connecting to existing Ray cluster" line is hidden at the default verbosity; say it here,
+        # so a job's log shows that it joined a cluster rather than starting one of its own.
+        print(f"e3d: joining the existing Ray cluster at {address}", file=sys.stderr, flush=True)
         ray.init(address=address)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _temp_dir=RAY_TEMP_DIR,

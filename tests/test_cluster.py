@@ -382,7 +382,7 @@ def test_jobs_api_preprocesses_on_the_head(head, jester, tmp_path):
     info = client.get_job_info(sid)
     assert info.status == JobStatus.SUCCEEDED
     assert info.runtime_env["working_dir"].startswith("gcs://")  # the repository was uploaded with the job
-    assert "Connecting to existing Ray cluster" in logs  # the driver joined the head
+    assert "e3d: joining the existing Ray cluster at" in logs  # the driver joined the head
     assert re.search(r"failed fraction .*: OK", logs), logs[-3000:]
     _check_shards(out, jester)
     # the e3d verify command agrees
@@ -439,7 +439,7 @@ def test_ray_submit_runs_the_uploaded_cli_in_the_heads_login_shell(head, jester,
     proc = subprocess.run(remote, shell=True, executable="/bin/bash", cwd=home, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Connecting to existing Ray cluster" in proc.stderr, proc.stderr[-3000:]  # joined the head
+    assert "e3d: joining the existing Ray cluster at" in proc.stderr, proc.stderr[-3000:]  # joined the head
     assert re.search(r"failed fraction .*: OK", proc.stdout), proc.stdout[-3000:]
     _check_shards(out, jester)
 
