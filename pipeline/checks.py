@@ -32,7 +32,9 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from shards import storage
+from training.checkpoint_header import checkpoint_kind, peek_checkpoint
 from training.errors import InputError
+from training.models.catalog import catalog, model_names
 
 # What may sit in a training run directory (Ray's files, the loop's outputs and its local checkpoints/ folder, a
 # sweep trial's marker).
@@ -61,18 +63,14 @@ def check_counts(values: Mapping[str, float | int | None], *, minimum: Mapping[s
 
 def check_model(name: str, model_kwargs: Mapping[str, Any] | None = None) -> None:
     """``name`` is registered (else the closest names and every valid one) and takes ``model_kwargs``."""
-    from training.models import list_models
-    from training.models.registry import UnknownModelError, get_entry
-
-    try:
-        entry = get_entry(name)
-    except UnknownModelError:
-        names = list_models()
+    entry = catalog().get(name)
+    if entry is None:
+        names = model_names()
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise InputError(f"unknown model {name!r}; {hint}valid names ({len(names)}, `e3d models` has the table): "
                          f"{', '.join(names)}") from None
-    free = entry.free_kwargs()
+    free = entry.free
     bad = sorted(set(model_kwargs or {}) - set(free) - {"dropout"})
     if bad:
         raise InputError(f"model {name!r} takes no option(s) {bad}; its options: {sorted(free) or 'none'}")
@@ -203,10 +201,10 @@ def check_shards(shards: str, dataset: str | None, splits: Iterable[tuple[str, s
 # -- checkpoints ----------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str, *, flag: str) -> Any:
-    """Load a ``.pt``/``.pth`` (local or URI) with ``weights_only=True``; every failure is an InputError."""
-    import torch
-
+def read_checkpoint_bytes(path: str, *, flag: str) -> tuple[bytes, Any | None]:
+    """The bytes of a ``.pt``/``.pth`` (local or URI) and what they say without torch
+    (:func:`training.checkpoint_header.peek_checkpoint`: None when only ``torch.load`` can tell). A missing,
+    empty or certainly foreign file is an InputError here, in a fraction of a second."""
     fs, key = storage.resolve(path)
     info = fs.get_file_info(key)
     if info.type == pafs.FileType.NotFound:
@@ -215,41 +213,68 @@ def read_checkpoint(path: str, *, flag: str) -> Any:
         raise InputError(f"{flag} {path} is a directory, not a checkpoint file (the file inside is checkpoint.pt)")
     if not info.size:
         raise InputError(f"{flag} {path} is empty (0 bytes): not a checkpoint")
+    data = storage.read_bytes(fs, key)
+    return data, peek_checkpoint(data, f"{flag} {path}")
+
+
+def load_checkpoint_bytes(data: bytes, path: str, *, flag: str) -> Any:
+    """``torch.load(weights_only=True)`` of a checkpoint's bytes; every failure is an InputError."""
+    import torch
+
     try:
-        data = storage.read_bytes(fs, key)
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...) for a bad file
         raise InputError(f"{flag} {path}: not a readable PyTorch checkpoint (truncated or not made by torch.save: "
                          f"{_one_line(exc)})") from None
 
 
-def checkpoint_format(raw: Any) -> str:
-    """``ours`` (an e3d checkpoint) or ``released`` (the paper's ``.pth``: a dict with a ``state_dict``, or a
-    bare state dict)."""
-    from training.checkpoints import FORMAT
+def read_checkpoint(path: str, *, flag: str) -> Any:
+    """Load a ``.pt``/``.pth`` (local or URI) with ``weights_only=True``; every failure is an InputError."""
+    data, _ = read_checkpoint_bytes(path, flag=flag)
+    return load_checkpoint_bytes(data, path, flag=flag)
 
-    return "ours" if isinstance(raw, Mapping) and raw.get("format") == FORMAT else "released"
+
+def _check_pretrained_header(raw: Any, path: str, model: str, fmt: str) -> str:
+    """The checks a checkpoint's metadata answers (format, model name, released ``arch``); ``raw`` is the peeked
+    or the loaded object. Returns the format found."""
+    found = checkpoint_kind(raw)
+    if fmt != "auto" and fmt != found:
+        raise InputError(f"--pretrained {path} is {'an e3d' if found == 'ours' else 'a released'} checkpoint, not "
+                         f"--pretrained-format {fmt}; drop the flag or pass --pretrained-format {found}")
+    if found == "ours":
+        saved = raw.get("model") or {}
+        if not isinstance(saved, Mapping) or saved.get("name") != model:
+            name = saved.get("name") if isinstance(saved, Mapping) else None
+            raise InputError(f"--pretrained {path} holds {name!r}, not --model {model}")
+        return found
+    arch = raw.get("arch") if isinstance(raw, Mapping) and "state_dict" in raw else None
+    expected = catalog()[model].upstream_arch if model in catalog() else None
+    if arch is not None and expected is not None and arch != expected:
+        raise InputError(f"--pretrained {path}: checkpoint architecture {arch!r} does not match model {model!r}, "
+                         f"which expects upstream arch {expected!r}; pick the registry name of the checkpoint's "
+                         "architecture")
+    return found
 
 
 def check_pretrained(path: str, model: str, model_kwargs: Mapping[str, Any], fmt: str) -> str:
     """``path`` is a checkpoint whose backbone fits ``model`` (the head is replaced, so classes may differ).
-    Returns the format (``ours`` or ``released``), resolved when ``fmt`` is ``auto``."""
+    Returns the format (``ours`` or ``released``), resolved when ``fmt`` is ``auto``. The metadata is checked
+    before torch is imported; the tensors' shapes after."""
+    data, header = read_checkpoint_bytes(path, flag="--pretrained")
+    if header is not None:
+        _check_pretrained_header(header, path, model, fmt)
+
     import torch
 
     from training.checkpoints import check_state_dict, load_released_checkpoint
     from training.models import get_model
 
-    raw = read_checkpoint(path, flag="--pretrained")
-    found = checkpoint_format(raw)
-    if fmt != "auto" and fmt != found:
-        raise InputError(f"--pretrained {path} is {'an e3d' if found == 'ours' else 'a released'} checkpoint, not "
-                         f"--pretrained-format {fmt}; drop the flag or pass --pretrained-format {found}")
+    raw = load_checkpoint_bytes(data, path, flag="--pretrained")
+    found = _check_pretrained_header(raw, path, model, fmt)
     plain = {k: v for k, v in model_kwargs.items() if k != "dropout"}
     try:
         if found == "ours":
             saved = raw.get("model") or {}
-            if saved.get("name") != model:
-                raise InputError(f"--pretrained {path} holds {saved.get('name')!r}, not --model {model}")
             with torch.device("meta"):  # shapes only: no memory, no initialisation
                 ref = get_model(model, num_classes=int(saved.get("num_classes", 1)), **plain)
             check_state_dict(ref, raw.get("state_dict") or {}, f"--model {model} {plain or ''}".strip())
@@ -284,7 +309,7 @@ def check_train(cfg, *, workers: int, resume: bool, max_failures: int = 1, num_c
     train_split, val_split = cfg.splits
     check_shards(cfg.shards, cfg.dataset, [(train_split, "--train-split"), (val_split, "--val-split")])
     check_run_out(cfg.out, resume=resume)
-    check_model(cfg.model, cfg.model_kwargs)  # last: the registry imports torch (~1.5 s)
+    check_model(cfg.model, cfg.model_kwargs)
     if cfg.pretrained:
         fmt = check_pretrained(cfg.pretrained, cfg.model, cfg.model_kwargs, cfg.pretrained_format)
         cfg = cfg.replace(pretrained_format=fmt)
@@ -293,21 +318,29 @@ def check_train(cfg, *, workers: int, resume: bool, max_failures: int = 1, num_c
 
 def check_eval(checkpoint: str, shards: str, *, split: str | None, workers: int, batch_size: int,
                num_cpus: int | None = None) -> str:
-    """Driver-side checks of ``e3d eval``. Returns the split that will be evaluated."""
-    from training.config import TrainConfig
-
+    """Driver-side checks of ``e3d eval``. Returns the split that will be evaluated. Everything but the file's
+    tensors is checked on its metadata before torch is imported; then the file is loaded as the workers will."""
     check_counts({"--workers": workers, "--batch-size": batch_size, "--num-cpus": num_cpus},
                  minimum={"--workers": 1, "--batch-size": 1, "--num-cpus": 1})
-    raw = read_checkpoint(checkpoint, flag="--checkpoint")
-    if checkpoint_format(raw) != "ours":
+    data, header = read_checkpoint_bytes(checkpoint, flag="--checkpoint")
+    if header is not None:
+        _check_eval_checkpoint(header, checkpoint, shards, split)
+    raw = load_checkpoint_bytes(data, checkpoint, flag="--checkpoint")
+    return _check_eval_checkpoint(raw, checkpoint, shards, split)
+
+
+def _check_eval_checkpoint(raw: Any, checkpoint: str, shards: str, split: str | None) -> str:
+    from training.config import TrainConfig
+
+    if checkpoint_kind(raw) != "ours":
         raise InputError(f"--checkpoint {checkpoint} is not an e3d checkpoint (a released .pth? fine-tune or "
                          "train from it with --pretrained, then evaluate that run's checkpoint)")
     extra = raw.get("extra") or {}
-    if "train_config" not in extra:
+    if not isinstance(extra, Mapping) or "train_config" not in extra:
         raise InputError(f"--checkpoint {checkpoint} holds no training config (not written by e3d train)")
     try:
         tcfg = TrainConfig.from_dict(extra["train_config"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InputError(f"--checkpoint {checkpoint}: unusable training config ({_one_line(exc)})") from None
     split = split or tcfg.splits[1]
     info = check_shards(shards, None, [(split, "--split")])

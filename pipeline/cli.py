@@ -156,9 +156,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    from pipeline.demo import run_demo  # it quiets Ray's logs once --workdir is checked
 
-    quiet_ray()
     return run_demo(args.workdir, fresh=args.fresh, train=not args.no_train, seed=args.seed)
 
 
@@ -226,11 +225,12 @@ def eval_summary(m: EvaluationResult) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.checks import check_eval
-    from training.evaluate import NonFiniteEvalError
-    from training.ray_train import run_evaluation
 
     split = check_eval(args.checkpoint, args.shards, split=args.split, workers=args.workers,
                        batch_size=args.batch_size, num_cpus=args.num_cpus)
+    from training.evaluate import NonFiniteEvalError  # after the checks: these import torch (~1.5 s)
+    from training.ray_train import run_evaluation
+
     if args.workers > 1:
         quiet_ray()
     try:

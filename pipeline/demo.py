@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.logs import quiet_ray
 from preprocess.config import PreprocessConfig
 from preprocess.run import preprocess
 from preprocess.synth import SynthConfig, generate
@@ -63,7 +64,8 @@ def prepare_workdir(work: Path, *, fresh: bool) -> Path:
 
 
 def run_demo(workdir: str, *, fresh: bool = False, train: bool = True, seed: int = 0) -> int:
-    work = prepare_workdir(Path(workdir), fresh=fresh)
+    work = prepare_workdir(Path(workdir), fresh=fresh)  # before Ray: a refused --fresh costs nothing
+    quiet_ray()
     started = init_ray()
     rows = []
     exit_code = 0

@@ -72,7 +72,7 @@ def _slug(text: str) -> str:
 
 def table8_grid() -> list[TrialSpec]:
     """The 17 Table 8 configurations, by their registry names."""
-    from training.models import TABLE8
+    from training.models.table8 import TABLE8
 
     return [TrialSpec(e.name, e.name, dict(e.kwargs)) for e in TABLE8]
 

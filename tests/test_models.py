@@ -338,3 +338,29 @@ def test_speed_bench_smoke(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert all(r["clips_per_s"] > 0 and not r["error"] for r in rows)
     with pytest.raises(SystemExit, match="unknown model"):
         speed_main(["--models", "nope"])
+
+
+def test_the_torch_free_catalog_equals_the_live_registry():
+    """``training.models.catalog`` reads names, options and upstream ``arch`` from the source (so the command
+    line checks them before torch loads); it must say exactly what importing the modules registers."""
+    import subprocess
+    import sys
+
+    from training.checkpoints import upstream_arch
+    from training.models.catalog import catalog
+
+    names = list_models()
+    assert list(catalog()) == names
+    for name in names:
+        live, static = get_entry(name), catalog()[name]
+        assert static.family == live.family, name
+        assert dict(static.fixed) == dict(live.fixed), name
+        assert dict(static.free) == live.free_kwargs(), name
+        with torch.device("meta"):
+            model = get_model(name, num_classes=2)
+        assert static.upstream_arch == upstream_arch(model), name
+    probe = ("import sys, training.models.catalog as c, training.models.table8; c.catalog(); "
+             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1])).stdout
+    assert out.strip() == "[]"

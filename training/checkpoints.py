@@ -30,10 +30,10 @@ from torch import nn
 
 from shards import storage
 from shards.datasets import DATASET_SPECS
+from training.checkpoint_header import FORMAT  # one definition, readable without torch
 from training.models import InputConvention, ModelConfig, get_model
 from training.models.convention import RELEASED_CONVENTIONS
 
-FORMAT = "e3d-checkpoint"
 FORMAT_VERSION = 1
 DATA_PARALLEL_PREFIX = "module."
 # Released class counts -> dataset, used to pick the input convention when the caller does not say.

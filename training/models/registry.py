@@ -12,6 +12,7 @@ defined on top of the family builders (``shufflenetv2`` with a free ``width_mult
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from training.models.catalog import BUILTIN_MODULES
 from training.models.convention import RELEASED_DEFAULT_RGB
 
 Builder = Callable[..., nn.Module]
@@ -86,6 +88,12 @@ class UnknownModelError(KeyError):
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+def _load_builtin() -> None:
+    """Import the architecture modules (each registers its builders on import; idempotent)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"training.models.{module}")
+
+
 def register_model(name: str | None = None, **fixed: Any) -> Callable[[B], B]:
     """Decorator: register ``builder`` under ``name`` (default: the function's name) with ``fixed`` kwargs.
 
@@ -110,12 +118,18 @@ def register_model(name: str | None = None, **fixed: Any) -> Callable[[B], B]:
 
 def list_models(family: str | None = None) -> list[str]:
     """Registered names in registration order, optionally only those built by the builder named ``family``."""
-    return [n for n, e in _REGISTRY.items() if family is None or e.family == family]
+    _load_builtin()
+    # The built-in modules in their fixed order (whichever was imported first), then any other registrations.
+    rank = {f"training.models.{m}": i for i, m in enumerate(BUILTIN_MODULES)}
+    entries = sorted(enumerate(_REGISTRY.values()),
+                     key=lambda ie: (rank.get(ie[1].builder.__module__, len(rank)), ie[0]))
+    return [e.name for _, e in entries if family is None or e.family == family]
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; unknown names raise :class:`UnknownModelError` listing the valid
     ones."""
+    _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
