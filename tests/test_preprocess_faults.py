@@ -408,3 +408,53 @@ def test_ray_tasks_declare_memory_and_a_stuck_task_stops_the_run(ray_local, five
     with pytest.raises(InfrastructureError, match=r"no shard task finished in 3 s; 1 cancelled"):
         list(run_tasks_ray(tasks[:1], fn=_stuck, memory_bytes=64 << 20, stall_timeout_s=3))
     assert time.monotonic() - t0 < 60
+
+
+_PERMISSION_PROBE = """
+import json, sys
+from preprocess.config import PreprocessConfig
+from preprocess.ray_tasks import run_tasks_local
+from preprocess.run import preprocess
+cfg = PreprocessConfig(dataset="kinetics600", src=sys.argv[1], out=sys.argv[2], progress=False, shard_size=1,
+                       max_failed=1.0)
+try:
+    s = preprocess(cfg, executor=run_tasks_local)
+    print(json.dumps({"ok": s.videos_ok, "failed": s.videos_failed}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def _file_permissions_apply() -> list[str]:
+    """A command prefix under which file modes bind: as root, drop the capabilities that override them (the
+    suite runs as root in CI, where a chmod alone would change nothing)."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to run without root's permission override")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+
+
+def test_permission_denied_stops_the_run_without_failing_videos_and_a_rerun_resumes(five, tmp_path):
+    """Issue 11 item 7, permission denied: an output folder the run may not write is an infrastructure error
+    (stop, say so, mark no video failed), not five bad videos; once the folder is writable a rerun finishes."""
+    out = tmp_path / "o"
+    locked = out / "shards" / "train"
+    locked.mkdir(parents=True)
+    locked.chmod(0o555)
+    cmd = [*_file_permissions_apply(), sys.executable, "-c", _PERMISSION_PROBE, str(five), str(out)]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo}
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    result = json.loads(first.stdout.strip().splitlines()[-1]) if first.stdout.strip() else {}
+    assert result.get("error") == "InfrastructureError", (result, first.stderr[-2000:])
+    assert "Permission denied" in result["message"] and str(locked) in result["message"]
+    assert not (out / "manifest").exists() and not (out / "dataset.json").exists()  # no video marked failed
+    assert not (out / LEASE_NAME).exists()
+    locked.chmod(0o755)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    assert json.loads(second.stdout.strip().splitlines()[-1]) == {"ok": 5, "failed": 0}, second.stderr[-2000:]
