@@ -156,6 +156,10 @@ def lines_kept(batches: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
+# metrics.json's eval_windows (DatasetSpec.eval_windows) in the summary's words
+_WINDOWS = {"all": "every window", "center": "middle window"}
+
+
 def _num(value: Any, fmt: str = ".3f") -> str | None:
     try:
         v = float(value)
@@ -180,7 +184,8 @@ def train_summary(model: str, dataset: str, run: Any, metrics_path: str, *, fina
         lines.append(f"  final evaluation: not evaluated ({why})")
     else:
         lines.append(f"  final evaluation on {m.get('eval_split', 'the validation split')} "
-                     f"({m.get('eval_videos')} videos, every window): video top1 {v1} top5 {v5}, clip top1 {c1}"
+                     f"({m.get('eval_videos')} videos, {_WINDOWS.get(m.get('eval_windows'), 'every window')}): "
+                     f"video top1 {v1} top5 {v5}, clip top1 {c1}"
                      + (f" [{m['eval_weights']}]" if m.get("eval_weights") else "")
                      + f" -- weights of the last checkpoint {m.get('checkpoint')}")
     best = _num(m.get("best_val_top1"))

@@ -27,9 +27,6 @@ VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", 
 FRAME_EXTS = (".jpg", ".jpeg")
 FORMATS = ("table", "json", "csv")
 WINDOWS = ("auto", "all", "center")
-#: Evaluation protocol per dataset for ``--windows auto``: Jester scores its middle window (the paper's and
-#: the released code's Jester protocol); the others average every non-overlapping window.
-AUTO_MODE = {"jester": "val", "kinetics600": "eval", "ucf101": "eval"}
 #: Released checkpoints name their dataset ``kinetics``/``jester``; ours use the shard dataset names.
 RELEASED_TO_DATASET = {"kinetics": "kinetics600", "jester": "jester"}
 
@@ -296,6 +293,7 @@ class Predictor:
         import torch
 
         from training.data import ClipNormalizer, LoaderConfig
+        from training.data.config import WINDOW_MODES, evaluation_mode
 
         self.spec = spec
         self.device = torch.device("cuda", torch.cuda.current_device()) if spec.gpu else torch.device("cpu")
@@ -304,7 +302,9 @@ class Predictor:
         lm = self.loaded
         self.settings = decode_settings(lm.dataset, spec.shards, lm.train_shards)
         ds = lm.dataset or "kinetics600"
-        mode = AUTO_MODE.get(ds, "eval") if spec.windows == "auto" else {"all": "eval", "center": "val"}[spec.windows]
+        # --windows auto: the dataset's protocol (DatasetSpec.eval_windows), as `e3d eval` and a run's final
+        # evaluation score it: Jester's middle window, every non-overlapping window elsewhere
+        mode = evaluation_mode(ds) if spec.windows == "auto" else WINDOW_MODES[spec.windows]
         self.cfg = LoaderConfig.for_dataset(ds, mode, clip_len=lm.clip_len, size=lm.size)
         self.normalizer = ClipNormalizer(lm.normalization, channels_last=lm.channels_last).to(self.device)
 

@@ -34,6 +34,10 @@ class DatasetSpec:
         released_classes: class count of the released checkpoints trained on it; None when there are none.
         released_name: what the released-checkpoint loader calls it (``kinetics``, ``jester``).
         released_normalization: preset the released checkpoints expect; None when there are none.
+        eval_windows: which windows of a video the evaluation scores (``e3d eval``, a run's final evaluation,
+            ``e3d predict``): ``all`` non-overlapping windows with their scores averaged (the paper's
+            Kinetics-600 and UCF-101 protocol) or ``center``, the middle window only (the released code's
+            Jester protocol: ``n_val_samples 1`` over the middle 32 frames, whose accuracy the paper reports).
     """
 
     name: str
@@ -53,6 +57,7 @@ class DatasetSpec:
     released_classes: int | None = None
     released_name: str | None = None
     released_normalization: str | None = None
+    eval_windows: str = "all"
 
 
 UCF_LISTS = "ucfTrainTestlist"
@@ -69,7 +74,7 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
         val_split="validation", stored_stride=2, source_stride=2, flip_safe=False, normalization="paper",
         shard_size=1000, native_fps=12.0, classes_file="jester-v1-labels.csv",
         list_file=lambda split: f"jester-v1-{split}.csv", media_dir="20bn-jester-v1", released_classes=27,
-        released_name="jester", released_normalization="released-jester"),
+        released_name="jester", released_normalization="released-jester", eval_windows="center"),
     "ucf101": DatasetSpec(
         name="ucf101", kind="video", splits=("train1", "test1", "train2", "test2", "train3", "test3"),
         train_split="train1", val_split="test1", stored_stride=1, source_stride=1, flip_safe=True,

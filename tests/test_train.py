@@ -132,6 +132,9 @@ def test_direct_run_writes_checkpoints_tensorboard_profile_and_predictions(tiny_
     preds = pq.read_table(result["predictions"]).to_pylist()
     assert len(preds) == 15 and min(p["clips"] for p in preds) >= 1
     assert sum(p["pred"] == p["label"] for p in preds) / 15 == pytest.approx(result["eval_video_top1"])
+    # Jester's protocol (the paper's): the middle window of each video, the clip the last validation scored
+    assert result["eval_windows"] == "center" and all(p["clips"] == 1 for p in preds)
+    assert result["eval_video_top1"] == result["val_video_top1"]
 
 
 @pytest.mark.slow

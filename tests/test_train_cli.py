@@ -35,10 +35,11 @@ def test_cli_train_then_distributed_eval(ray_local, tiny_shards, tmp_path, capsy
     ckpt = next(out.glob("checkpoint_*/checkpoint.pt"), None) or next(out.glob("*/checkpoint.pt"))
     ev = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(ckpt), "--shards", "shards", "--out", str(ev), "--workers", "2",
-                 "--batch-size", "3"]) == 0
+                 "--batch-size", "3", "--windows", "all"]) == 0  # Jester's default is its middle window
     assert "validation: 15 videos" in capsys.readouterr().out
     result = json.loads((ev / "eval_validation.json").read_text())
     assert result["eval_videos"] == 15 and result["eval_incomplete_videos"] == 0
+    assert result["eval_clips"] > 15  # every window of some videos
     preds = pq.read_table(ev / "predictions_validation.parquet").to_pylist()
     assert len(preds) == 15 and {"key", "label", "pred", "top5", "label_name", "pred_name"} <= preds[0].keys()
 

@@ -254,6 +254,14 @@ class TrainConfig:
             kw["scales"] = self.crop_scales
         return LoaderConfig.for_dataset(self.dataset, mode, **{**kw, **overrides})
 
+    @property
+    def eval_mode(self) -> str:
+        """The loader mode of this dataset's evaluation protocol: ``eval`` (every non-overlapping window,
+        scores averaged) or ``val`` (Jester: the middle window). See ``DatasetSpec.eval_windows``."""
+        from training.data.config import evaluation_mode
+
+        return evaluation_mode(self.dataset)
+
     def data_key(self) -> tuple[Any, ...]:
         """The :data:`DATA_FIELDS` values: configs with equal keys read the same clips (one decode pass)."""
         return tuple(getattr(self, f) for f in DATA_FIELDS)

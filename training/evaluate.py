@@ -270,8 +270,13 @@ def write_predictions(path: str | os.PathLike, predictions: Sequence[Mapping[str
 
 def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None, split: str | None = None,
                         batch_size: int = 16, use_gpu: bool = False, device: torch.device | None = None,
-                        mode: str = "eval", loader_workers: int = 0, cache_dir: str | None = None) -> dict[str, Any]:
+                        mode: str | None = None, loader_workers: int = 0, cache_dir: str | None = None
+                        ) -> dict[str, Any]:
     """Evaluate one of our checkpoints on a split with the protocol of this module, on this rank.
+
+    ``mode`` picks the windows: ``eval`` (every non-overlapping window, scores averaged), ``val`` (the middle
+    window) or None, the dataset's protocol (``DatasetSpec.eval_windows``: Jester's middle window, every window
+    elsewhere), which is also what a run's final evaluation and ``e3d predict`` use.
 
     Dataset, clip length, crop size, normalisation and class names come from the checkpoint's training
     config. Runs on every rank of an initialised process group (each evaluates its share) or alone.
@@ -295,6 +300,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     if extra.get("classes") and list(extra["classes"]) != classes:
         raise ValueError(f"{shards} has classes {classes}, the checkpoint was trained on {extra['classes']}")
     split = split or tcfg.splits[1]
+    mode = mode or tcfg.eval_mode
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     # cache_dir: this evaluation's own (the training run's may name a folder on another machine).
     lcfg = tcfg.loader_config(mode, batch_size=batch_size, num_workers=loader_workers, num_classes=len(classes),

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shards import storage
+from shards.datasets import DATASET_SPECS
 from shards.manifest import read_dataset_info
 from training.checkpoints import load_checkpoint, load_released_checkpoint, save_checkpoint
 from training.config import DATA_FIELDS, TrainConfig, resume_differences
@@ -808,8 +809,9 @@ def _final_checkpoint(run: RunState, m: Member) -> str:
 
 
 def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
-    """One member's final metrics: every window of every validation video (video-level accuracy,
-    predictions) when ``final_eval``, plus the last epoch's training and validation figures."""
+    """One member's final metrics: the validation videos scored with the dataset's evaluation protocol (every
+    non-overlapping window averaged; Jester: the middle window) when ``final_eval``, with video-level accuracy
+    and predictions, plus the last epoch's training and validation figures."""
     cfg, val_split = run.cfg, run.cfg.splits[1]
     best = next((h for h in m.history if h["epoch"] == m.best_epoch), None)
     # which weights the final evaluation below used: always the last step's (the best checkpoint is
@@ -831,7 +833,7 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
     if m.last_val is not None:
         result.update({f"val_{k}": v for k, v in m.last_val.items()})
     if cfg.final_eval:
-        loader, expected = run.eval_loader("eval")
+        loader, expected = run.eval_loader(cfg.eval_mode)  # the dataset's protocol (Jester: middle window)
         try:
             r = evaluate(m.eval_model, loader, m.normalizer, run.device, num_classes=len(run.classes),
                          expected=expected, amp=m.cfg.amp and run.device.type == "cuda", with_predictions=run.master)
@@ -841,6 +843,7 @@ def final_evaluation(run: RunState, m: Member) -> dict[str, Any]:
             return m.result
         result.update(r.metrics("eval_"))
         result["eval_split"] = val_split
+        result["eval_windows"] = DATASET_SPECS[cfg.dataset].eval_windows
         m.obs.scalars(run.step, {"eval/video_top1": r.video_top1, "eval/video_top5": r.video_top5,
                                  "eval/clip_top1": r.clip_top1})
         if run.master:

@@ -363,9 +363,11 @@ def _eval_worker(config: dict[str, Any]) -> None:
 
 def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, split: str | None = None,
                    batch_size: int = 16, use_gpu: bool = False, address: str | None = None,
-                   num_cpus: int | None = None, cache_dir: str | None = None) -> EvaluationResult:
+                   num_cpus: int | None = None, cache_dir: str | None = None,
+                   mode: str | None = None) -> EvaluationResult:
     """Evaluate a checkpoint (see :func:`training.evaluate.evaluate_checkpoint`): in this process with one
-    worker, on ``workers`` Ray Train workers otherwise (every video still counted once)."""
+    worker, on ``workers`` Ray Train workers otherwise (every video still counted once). ``mode``: the
+    windows (``eval`` every one, ``val`` the middle one; None: the dataset's protocol)."""
     from training.checkpoints import load_checkpoint
     from training.evaluate import evaluate_checkpoint
 
@@ -374,7 +376,7 @@ def run_evaluation(checkpoint: str, shards: str, *, out: str, workers: int = 1, 
         split = TrainConfig.from_dict(extra["train_config"]).splits[1] if "train_config" in extra else None
     out = storage.canonical(out)
     kwargs = {"checkpoint": storage.canonical(checkpoint), "shards": storage.canonical(shards), "out": out,
-              "split": split, "batch_size": batch_size, "use_gpu": use_gpu, "cache_dir": cache_dir}
+              "split": split, "batch_size": batch_size, "use_gpu": use_gpu, "cache_dir": cache_dir, "mode": mode}
     if workers <= 1:
         return EvaluationResult.from_dict(evaluate_checkpoint(**kwargs))
     started = init_ray(address, num_cpus=num_cpus)

@@ -8,6 +8,14 @@ from dataclasses import dataclass
 from shards.datasets import DATASET_SPECS, DATASETS
 
 MODES = ("train", "val", "eval")
+#: ``DatasetSpec.eval_windows`` -> the loader mode that reads those windows: every non-overlapping window
+#: (``eval``) or the middle one (``val``, the same clip validation scores).
+WINDOW_MODES = {"all": "eval", "center": "val"}
+
+
+def evaluation_mode(dataset: str) -> str:
+    """The loader mode of ``dataset``'s evaluation protocol (``eval`` or ``val``; see ``DatasetSpec``)."""
+    return WINDOW_MODES[DATASET_SPECS[dataset].eval_windows]
 
 #: Crop scales of the multi-scale crop, as fractions of the short side: 1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2.
 MULTISCALE = tuple(2.0 ** (-i / 4) for i in range(5))
