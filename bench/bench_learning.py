@@ -13,8 +13,9 @@ split, 48 px short side); the model and clips are the demo's (ShuffleNetV2 0.25x
   over 8 batches and the EMA (0.99).
 
 Each recipe runs for every seed and every worker count as one Ray Train run (DDP over gloo on CPU) and the
-script prints, per recipe and worker count, held-out video top-1 (every window of every validation video)
-mean / min / max over the seeds and the first epoch at which each run's validation video top-1 reached 0.9::
+script prints, per recipe and worker count, held-out video top-1 (the final evaluation: Jester's protocol, the
+middle window of every validation video; before 2026-12-01 it averaged every window) mean / min / max over the
+seeds and the first epoch at which each run's validation video top-1 reached 0.9::
 
     python bench/bench_learning.py                                   # 3 recipes x 3 seeds x 1, 2 workers
     python bench/bench_learning.py --recipes stable --workers 2 --seeds 0,1,2

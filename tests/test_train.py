@@ -250,6 +250,22 @@ def test_evaluation_result_reads_what_evaluate_checkpoint_returns():
         EvaluationResult.from_dict({k: v for k, v in d.items() if k != "eval_clips"})
 
 
+@pytest.mark.ray
+def test_init_ray_shortens_ray_trains_report_poll_unless_the_user_set_it(ray_local, monkeypatch):
+    """Ray Train's controller takes each worker's report every health check (2 s by default); the loop reports
+    twice per validating epoch, and on short epochs every second report waited for the next poll (~1.2 s).
+    ``init_ray`` sets 0.5 s for the Ray it starts (its workers inherit the environment), a user's value wins."""
+    from shards.raycluster import init_ray
+
+    key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(key, raising=False)
+    assert init_ray() is False  # Ray is already up in this process: nothing started, the default set anyway
+    assert os.environ[key] == "0.5"
+    monkeypatch.setenv(key, "3")
+    init_ray()
+    assert os.environ[key] == "3"
+
+
 def test_retired_fault_field_in_an_old_config_is_dropped():
     d = TrainConfig.for_dataset("jester", "/s", "/o").to_dict()
     assert "fault" not in d
