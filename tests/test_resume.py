@@ -149,7 +149,7 @@ def test_eval_command_refuses_a_diverged_checkpoint_with_exit_3(tiny_shards, tmp
 
     _checkpoint_for_eval(tiny_shards, tmp_path / "ckpt" / "checkpoint.pt", diverged=True)
     assert main(["eval", "--checkpoint", str(tmp_path / "ckpt" / "checkpoint.pt"), "--shards", tiny_shards,
-                 "--out", str(tmp_path / "ev")]) == 3
+                 "--out", str(tmp_path / "ev"), "--windows", "all"]) == 3
     err = capsys.readouterr().err
     assert "e3d eval: error: the model gave non-finite (NaN/inf) logits for 58 of 58 clips" in err  # every window
     assert not (tmp_path / "ev" / "eval_validation.json").exists()  # no NaN scores written anywhere
