@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from shards.raycluster import RAY_TRAIN_ENV
+
 CLUSTER_DIR = Path(__file__).resolve().parent
 REPO_ROOT = CLUSTER_DIR.parent
 LAUNCHER_YAMLS = ("local.yaml", "aws-gpu.yaml")
@@ -119,6 +121,10 @@ def launcher_problems(raw: Mapping[str, Any], *, code_mount: str = "~/efficient3
     with ``require_gpu_workers``, some worker node type declares GPUs.
     """
     problems = [f"{key}: not set, so Ray's provider default is used" for key in MUST_NOT_INHERIT if key not in raw]
+    common = [str(c) for c in raw.get("setup_commands") or []]
+    for key, value in RAY_TRAIN_ENV.items():
+        if not any(f"export {key}={value}" in c and ".bashrc" in c for c in common):
+            problems.append(f"setup_commands: {key}={value} is not exported in ~/.bashrc ({RAY_TRAIN_ENV_WHY})")
     mounts = raw.get("file_mounts") or {}
     local = mounts.get(code_mount)
     if local is None:
@@ -207,6 +213,22 @@ def dockerfile_problems(text: str) -> list[str]:
 
 def _env(container: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {e.get("name"): e for e in container.get("env") or [] if isinstance(e, Mapping)}
+
+
+RAY_TRAIN_ENV_WHY = ("Ray Train's controller takes a worker's report only at each health check, 2 s by default; "
+                     "see shards/raycluster.RAY_TRAIN_ENV")
+
+
+def ray_env_problems(template: Mapping[str, Any] | None, where: str) -> list[str]:
+    """Every Ray container of a pod template sets :data:`shards.raycluster.RAY_TRAIN_ENV`, as the embedded Ray
+    does (Ray Train's controller runs in one of them)."""
+    problems = []
+    for i, c in enumerate(_containers(template)):
+        env = _env(c)
+        for key, value in RAY_TRAIN_ENV.items():
+            if (env.get(key) or {}).get("value") != value:
+                problems.append(f"{where}.spec.containers[{i}]: env {key} is not {value!r} ({RAY_TRAIN_ENV_WHY})")
+    return problems
 
 
 def pod_security_problems(template: Mapping[str, Any] | None, where: str, *, token_auth_by_operator: bool = False,
@@ -353,10 +375,12 @@ def kuberay_problems(doc: Mapping[str, Any], *, ray_version: str | None = None,
     public = str(head_params.get("dashboard-host", "127.0.0.1")) not in ("127.0.0.1", "localhost")
     problems += pod_security_problems(head.get("template"), f"{prefix}.headGroupSpec.template",
                                       token_auth_by_operator=by_operator, dashboard_public=public)
+    problems += ray_env_problems(head.get("template"), f"{prefix}.headGroupSpec.template")
     for i, g in enumerate(cluster.get("workerGroupSpecs") or []):
         if isinstance(g, Mapping):
             problems += pod_security_problems(g.get("template"), f"{prefix}.workerGroupSpecs[{i}].template",
                                               token_auth_by_operator=by_operator)
+            problems += ray_env_problems(g.get("template"), f"{prefix}.workerGroupSpecs[{i}].template")
     if kind == "RayJob" and spec.get("submissionMode", "K8sJobMode") == "K8sJobMode" and not by_operator:
         sub = spec.get("submitterPodTemplate")
         if not isinstance(sub, Mapping):

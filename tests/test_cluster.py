@@ -218,6 +218,9 @@ KUBERAY_BREAKAGES = {
     "worker without the data volume": lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"][
         "containers"][0]["volumeMounts"].pop(0),
     "no containers": lambda d: d["spec"]["headGroupSpec"]["template"]["spec"].__setitem__("containers", []),
+    "worker on Ray Train's 2-s report poll": lambda d: d["spec"]["workerGroupSpecs"][0]["template"]["spec"][
+        "containers"][0].__setitem__("env", [e for e in d["spec"]["workerGroupSpecs"][0]["template"]["spec"][
+            "containers"][0]["env"] if e["name"] != "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]),
 }
 
 
@@ -464,6 +467,16 @@ def test_a_launcher_yaml_that_exposes_the_dashboard_without_auth_fails(name):
         config[f"{role}_start_ray_commands"] = [c.replace("ray start", "RAY_AUTH_MODE=token ray start")
                                                 for c in config[f"{role}_start_ray_commands"]]
     assert not any("authentication" in p for p in launcher_problems(config))
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHERS))
+def test_a_launcher_yaml_without_the_report_poll_setting_fails(name):
+    """Every node exports shards.raycluster.RAY_TRAIN_ENV, as the embedded Ray sets it (Ray Train's controller
+    takes a worker's report only at each health check, 2 s by default)."""
+    config = configs.load_yaml(LAUNCHERS[name])
+    config["setup_commands"] = [c for c in config["setup_commands"] if "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" not in c]
+    problems = launcher_problems(config, require_gpu_workers=name == "aws-gpu")
+    assert any("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5 is not exported" in p for p in problems)
 
 
 def test_python_m_cluster_configs_fails_on_a_config_without_auth(tmp_path):
