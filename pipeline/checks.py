@@ -323,10 +323,14 @@ def check_eval(checkpoint: str, shards: str, *, split: str | None, workers: int,
     check_counts({"--workers": workers, "--batch-size": batch_size, "--num-cpus": num_cpus},
                  minimum={"--workers": 1, "--batch-size": 1, "--num-cpus": 1})
     data, header = read_checkpoint_bytes(checkpoint, flag="--checkpoint")
-    if header is not None:
-        _check_eval_checkpoint(header, checkpoint, shards, split)
-    raw = load_checkpoint_bytes(data, checkpoint, flag="--checkpoint")
-    return _check_eval_checkpoint(raw, checkpoint, shards, split)
+    if header is None:  # a file only torch can read: check what it loads to
+        return _check_eval_checkpoint(load_checkpoint_bytes(data, checkpoint, flag="--checkpoint"), checkpoint,
+                                      shards, split)
+    # The checks read only the metadata, which the header holds as torch.load would return it (tensors aside);
+    # the file is then loaded once, as the workers will, so an unloadable one is still refused here.
+    split = _check_eval_checkpoint(header, checkpoint, shards, split)
+    load_checkpoint_bytes(data, checkpoint, flag="--checkpoint")
+    return split
 
 
 def _check_eval_checkpoint(raw: Any, checkpoint: str, shards: str, split: str | None) -> str:
