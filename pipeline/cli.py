@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 from pipeline.logs import configure as configure_logs  # noqa: E402  (light: no Ray, no torch)
 from pipeline.logs import quiet_ray  # noqa: E402
 from preprocess.config import PreprocessConfig as _Pre  # noqa: E402  (light modules: dataclasses only)
-from shards.datasets import DATASETS  # noqa: E402  (a light module: dataclasses only)
+from shards.datasets import DATASETS, EVAL_WINDOWS  # noqa: E402  (a light module: dataclasses only)
 
 if TYPE_CHECKING:
     from training.result import EvaluationResult
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default=None, help="default: the validation split of the checkpoint's dataset")
     s.add_argument("--workers", type=int, default=1, help="1: in this process; more: Ray Train workers")
     s.add_argument("--batch-size", type=int, default=16, help="clips per batch per worker")
-    s.add_argument("--windows", choices=("auto", "all", "center"), default="auto",
+    s.add_argument("--windows", choices=("auto", *EVAL_WINDOWS), default="auto",
                    help="which windows of each video are scored: auto = the dataset's protocol (Jester: the middle "
                         "window, as the paper reports it; others: every non-overlapping window, scores averaged)")
     s.add_argument("--gpu", action="store_true")

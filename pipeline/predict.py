@@ -23,10 +23,12 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+from shards.datasets import EVAL_WINDOWS
+
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 FRAME_EXTS = (".jpg", ".jpeg")
 FORMATS = ("table", "json", "csv")
-WINDOWS = ("auto", "all", "center")
+WINDOWS = ("auto", *EVAL_WINDOWS)
 #: Released checkpoints name their dataset ``kinetics``/``jester``; ours use the shard dataset names.
 RELEASED_TO_DATASET = {"kinetics": "kinetics600", "jester": "jester"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shards.datasets import EVAL_WINDOWS
 from training.config import DATASETS
 
 
@@ -51,7 +52,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", default=None, help="results file (.csv, else JSON lines); reruns skip what it holds")
     s.add_argument("--retry-failed", action="store_true", help="rerun videos that failed in --out")
     s.add_argument("--scores", action="store_true", help="include every class probability in the rows")
-    s.add_argument("--windows", choices=("auto", "all", "center"), default="auto",
+    s.add_argument("--windows", choices=("auto", *EVAL_WINDOWS), default="auto",
                    help="all non-overlapping windows or the centre one (auto: centre for Jester, all otherwise)")
     s.add_argument("--workers", type=int, default=1, help="1: in this process; more: Ray tasks")
     s.add_argument("--gpu", action="store_true", help="one GPU per Ray task for inference")

@@ -60,6 +60,9 @@ class DatasetSpec:
     eval_windows: str = "all"
 
 
+#: The values of ``DatasetSpec.eval_windows`` (what ``--windows`` offers besides ``auto``, the dataset's own).
+EVAL_WINDOWS = ("all", "center")
+
 UCF_LISTS = "ucfTrainTestlist"
 
 DATASET_SPECS: dict[str, DatasetSpec] = {

@@ -180,3 +180,13 @@ def test_normalizer_presets():
         InputConvention(channel_order="GBR")
     with pytest.raises(ValueError):
         ClipNormalizer(InputConvention())(x[0])
+
+
+def test_each_dataset_evaluates_with_its_papers_windows():
+    """``DatasetSpec.eval_windows`` names windows the loader reads: every window for Kinetics-600 and UCF-101,
+    Jester's middle window (the released code's ``n_val_samples 1``, the accuracy the paper reports)."""
+    from shards.datasets import DATASETS, EVAL_WINDOWS
+    from training.data.config import WINDOW_MODES, evaluation_mode
+
+    assert set(WINDOW_MODES) == set(EVAL_WINDOWS)
+    assert {d: evaluation_mode(d) for d in DATASETS} == {"kinetics600": "eval", "jester": "val", "ucf101": "eval"}
