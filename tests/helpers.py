@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from shards import storage
 from training.loop import Hooks
@@ -66,3 +67,19 @@ class NanAt(Hooks):
 
     def loss(self, step, loss):
         return loss * float("nan") if step == self.step else loss
+
+
+def jester_shards(base: Path, *, num_classes: int, videos_per_class: int, seed: int, shard_size: int) -> str:
+    """Synthetic Jester (no bad inputs) under ``base/src``, preprocessed in this process at 32 px into
+    ``base/shards``; returns that root. The small shared dataset of the loader, index and training tests."""
+    from preprocess.config import PreprocessConfig
+    from preprocess.ray_tasks import run_tasks_local
+    from preprocess.run import preprocess
+    from preprocess.synth import SynthConfig, generate
+
+    generate("jester", base / "src", SynthConfig(num_classes=num_classes, videos_per_class=videos_per_class,
+                                                 seed=seed, bad_inputs=False))
+    out = base / "shards"
+    preprocess(PreprocessConfig(dataset="jester", src=str(base / "src"), out=str(out), short_side=32,
+                                shard_size=shard_size, progress=False), executor=run_tasks_local)
+    return str(out)

@@ -15,12 +15,9 @@ import warnings
 import numpy as np
 import pytest
 
-from preprocess.config import PreprocessConfig
-from preprocess.ray_tasks import run_tasks_local
-from preprocess.run import preprocess
-from preprocess.synth import SynthConfig, generate
 from shards.format import iter_samples
 from shards.manifest import read_table
+from tests.helpers import jester_shards
 from training.data import ClipLoader, ClipStream, CorruptDataError, CorruptSampleWarning, LoaderConfig, shard_specs
 
 CASES = 300
@@ -30,13 +27,10 @@ SMALL = {"clip_len": 4, "size": 16, "batch_size": 2}
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     """(shard bytes, its spec for eval, classes) of one real preprocessed Jester shard."""
-    base = tmp_path_factory.mktemp("fuzz-data")
-    generate("jester", base / "src", SynthConfig(num_classes=3, videos_per_class=2, seed=9, bad_inputs=False))
-    out = base / "shards"
-    preprocess(PreprocessConfig(dataset="jester", src=str(base / "src"), out=str(out), short_side=32,
-                                shard_size=8, progress=False), executor=run_tasks_local)
-    spec = shard_specs(str(out), "train", videos=True)[0]
-    row = read_table(str(out), "train", "shards").to_pylist()[0]
+    out = jester_shards(tmp_path_factory.mktemp("fuzz-data"), num_classes=3, videos_per_class=2, seed=9,
+                        shard_size=8)
+    spec = shard_specs(out, "train", videos=True)[0]
+    row = read_table(out, "train", "shards").to_pylist()[0]
     with open(f"{out}/{row['path']}", "rb") as f:
         return f.read(), spec, 3
 

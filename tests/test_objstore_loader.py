@@ -13,12 +13,9 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from preprocess.config import PreprocessConfig
-from preprocess.ray_tasks import run_tasks_local
-from preprocess.run import preprocess
-from preprocess.synth import SynthConfig, generate
 from shards import storage
 from shards.manifest import read_table
+from tests.helpers import jester_shards
 from tests.s3proxy import S3Proxy, is_ranged_get
 from training.data import ClipLoader, ClipStream, CorruptSampleWarning, LoaderConfig, shard_specs
 
@@ -27,12 +24,8 @@ SMALL = {"clip_len": 4, "size": 16, "batch_size": 2}
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    base = tmp_path_factory.mktemp("objstore-data")
-    generate("jester", base / "src", SynthConfig(num_classes=2, videos_per_class=4, seed=5, bad_inputs=False))
-    out = base / "shards"
-    preprocess(PreprocessConfig(dataset="jester", src=str(base / "src"), out=str(out), short_side=32,
-                                shard_size=3, progress=False), executor=run_tasks_local)
-    return str(out)
+    return jester_shards(tmp_path_factory.mktemp("objstore-data"), num_classes=2, videos_per_class=4, seed=5,
+                         shard_size=3)
 
 
 @pytest.fixture

@@ -13,24 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main as cli
-from preprocess.config import PreprocessConfig
-from preprocess.ray_tasks import run_tasks_local
-from preprocess.run import preprocess
-from preprocess.synth import SynthConfig, generate
 from shards import storage
 from shards.index import ShardIndexError, build_index, parse_index
 from shards.manifest import index_root, read_table, verify
 from shards.reader import open_shard
+from tests.helpers import jester_shards
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory) -> str:
-    base = tmp_path_factory.mktemp("index-data")
-    generate("jester", base / "src", SynthConfig(num_classes=2, videos_per_class=3, seed=3, bad_inputs=False))
-    out = base / "shards"
-    preprocess(PreprocessConfig(dataset="jester", src=str(base / "src"), out=str(out), short_side=32,
-                                shard_size=3, progress=False), executor=run_tasks_local)
-    return str(out)
+    return jester_shards(tmp_path_factory.mktemp("index-data"), num_classes=2, videos_per_class=3, seed=3,
+                         shard_size=3)
 
 
 def _read(path) -> bytes:

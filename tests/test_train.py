@@ -18,11 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from preprocess.config import PreprocessConfig
-from preprocess.ray_tasks import run_tasks_local
-from preprocess.run import preprocess
-from preprocess.synth import SynthConfig, generate
-from tests.helpers import NanAt, RaiseAt
+from tests.helpers import NanAt, RaiseAt, jester_shards
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import ClipLoader, ClipNormalizer, ClipStream, LoaderConfig, normalization_for, shard_specs
@@ -36,12 +32,8 @@ TINY = {"model": "shufflenetv2_0.25x", "clip_len": 8, "size": 32, "batch_size": 
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> str:
-    base = tmp_path_factory.mktemp("train-data")
-    generate("jester", base / "src", SynthConfig(num_classes=3, videos_per_class=5, seed=1, bad_inputs=False))
-    out = base / "shards"
-    preprocess(PreprocessConfig(dataset="jester", src=str(base / "src"), out=str(out), short_side=32, shard_size=4,
-                                progress=False), executor=run_tasks_local)
-    return str(out)
+    return jester_shards(tmp_path_factory.mktemp("train-data"), num_classes=3, videos_per_class=5, seed=1,
+                         shard_size=4)
 
 
 def tiny_cfg(shards: str, out: Path, **kw) -> TrainConfig:
