@@ -42,10 +42,17 @@ from preprocess.synth import generate
 COSINE = {"lr": 0.16, "schedule": "cosine", "warmup_epochs": 3, "precise_bn": 8}
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"lr": 0.1, "schedule": "plateau"},
+    # tests/test_learns.py's recipe: constant lr 0.08, nothing else
+    "constant": {"lr": 0.08, "schedule": "constant"},
     "stable": COSINE,
     "stable-ema": {**COSINE, "ema": 0.99},
     # the demo's recipe (pipeline.demo.STABLE_RECIPE): constant lr 0.08, precise BN and the EMA
     "constant-pbn-ema": {k: v for k, v in STABLE_RECIPE.items() if k != "epochs"},
+    # the same with training crops at the centre or a corner (the released code's default placement)
+    "constant-pbn-ema-corner": {**{k: v for k, v in STABLE_RECIPE.items() if k != "epochs"},
+                                "crop_position": "corner"},
+    # the same with BatchNorm statistics synchronised over the workers (training.sync_bn)
+    "constant-pbn-ema-sync": {**{k: v for k, v in STABLE_RECIPE.items() if k != "epochs"}, "sync_bn": True},
 }
 
 
@@ -81,7 +88,7 @@ def run_one(shards: Path, out: Path, recipe: str, seed: int, workers: int, epoch
             raise ValueError("--in-process runs one worker")
         m = train_loop(cfg)
     else:
-        m = run_training(cfg, workers=workers, resume=True).metrics
+        m = run_training(cfg, workers=workers, resume_if_exists=True).metrics
     return {"recipe": recipe, "workers": workers, "seed": seed, "epochs": epochs, "ray": not in_process,
             "eval_video_top1": m["eval_video_top1"], "first_epoch_0.9": first_epoch_at(m["val_history"], 0.9),
             "best_val_video_top1": m["best_val_top1"], "best_epoch": m["best_epoch"],

@@ -27,7 +27,7 @@ from training.ema import ModelEMA
 from training.evaluate import evaluate, expected_clips
 from training.models import get_model
 from training.precise_bn import update_bn_stats
-from training.schedule import warmup_cosine
+from training.schedule import WarmupCosine, warmup_cosine
 
 torch.set_num_threads(1)
 SPEC = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"seeds": [0]}
@@ -39,18 +39,25 @@ if not (shards / "dataset.json").exists():
                                 splits=("train", "validation"), short_side=48, shard_size=16, progress=False),
                executor=run_tasks_local)
 
-def run(seed, epochs=45, lr=0.08, sched="constant", warm=0, pbn=0, ema=0.0, bs=16, tag=""):
+def run(seed, epochs=45, lr=0.08, sched="constant", warm=0, pbn=0, ema=0.0, bs=16, tag="", opt="sgd", wd=1e-3,
+        damp=0.9, val_every=1, head_mult=1.0, T=16, S=48):
     torch.manual_seed(seed)
     model = get_model("shufflenetv2_0.25x", num_classes=4)
     norm = ClipNormalizer(normalization_for("jester"))
-    common = dict(clip_len=16, size=48, num_workers=0, seed=seed, batch_size=bs)
+    common = dict(clip_len=T, size=S, num_workers=0, seed=seed, batch_size=bs)
     tl = ClipLoader(ClipStream(shard_specs(str(shards), "train", videos=False),
                                LoaderConfig.for_dataset("jester", "train", scales=(1.0,), **common)),
                     generator=torch.Generator().manual_seed(seed))
     vs = shard_specs(str(shards), "validation", videos=True)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
+    groups = [{"params": body}, {"params": head, "lr": lr * head_mult}]
+    opt = (torch.optim.AdamW(groups, lr=lr, weight_decay=wd) if opt == "adamw" else
+           torch.optim.SGD(groups, lr=lr, momentum=0.9, dampening=damp, weight_decay=wd))
     spe = len(tl)
-    sch = warmup_cosine(opt, epochs * spe, warm * spe) if sched == "cosine" else None
+    sch = (warmup_cosine(opt, epochs * spe, warm * spe) if sched == "cosine" else
+           torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(epochs * spe, warm * spe, final_factor=1.0))
+           if sched == "constant" and warm else None)
     e = ModelEMA(model, ema) if ema else None
     hist = []
     t0 = time.time()
@@ -66,6 +73,8 @@ def run(seed, epochs=45, lr=0.08, sched="constant", warm=0, pbn=0, ema=0.0, bs=1
             if e:
                 e.update(model)
         vm = e.module if e else model
+        if (ep + 1) % val_every and ep + 1 != epochs:
+            continue
         if pbn:
             pl = ClipLoader(ClipStream(shard_specs(str(shards), "train", videos=False),
                                        LoaderConfig.for_dataset("jester", "train", scales=(1.0,), **common)),

@@ -209,6 +209,11 @@ def test_one_translation_from_train_to_loader_config():
                                              seed=7, batch_size=2)
     assert cfg.loader_config("eval").batch_size == cfg.batch_size and not cfg.loader_config("val").flip
     assert TrainConfig.for_dataset("jester", "/s", "/o").loader_config("train").scales == LoaderConfig("jester").scales
+    # the crop placement reaches the loader (the released code's corner crops are one flag away)
+    assert cfg.loader_config("train").crop_position == "random"
+    assert cfg.replace(crop_position="corner").loader_config("train").crop_position == "corner"
+    with pytest.raises(ValueError, match="crop_position"):
+        cfg.replace(crop_position="centre")
 
 
 def test_run_result_is_a_typed_record_of_the_final_metrics():

@@ -33,8 +33,8 @@ DEFAULT_SPLITS = {name: (spec.train_split, spec.val_split) for name, spec in DAT
 #: Runs that agree on all of them can share one decode pass (:func:`training.loop.train_group`); model,
 #: recipe (lr, schedule, dropout, ...), normalisation, precision and ``out`` may differ.
 DATA_FIELDS = ("dataset", "shards", "train_split", "val_split", "epochs", "batch_size", "clip_len", "size",
-               "crop_scales", "loader_workers", "seed", "val_every", "final_eval", "checkpoint_every_steps",
-               "max_steps_per_epoch", "use_gpu", "log_every", "profile_steps", "precise_bn")
+               "crop_scales", "crop_position", "loader_workers", "seed", "val_every", "final_eval",
+               "checkpoint_every_steps", "max_steps_per_epoch", "use_gpu", "log_every", "profile_steps", "precise_bn")
 
 #: Fields older configs (checkpoints) may hold that this code no longer has; :meth:`TrainConfig.from_dict`
 #: drops them. ``fault`` was test-only fault injection, now :class:`training.loop.Hooks`.
@@ -50,6 +50,7 @@ RESUME_MAY_CHANGE = ("epochs", "loader_workers", "checkpoint_every_steps", "log_
 SCHEDULES = ("plateau", "multistep", "constant", "cosine")
 LR_SCALINGS = ("none", "linear")
 FINETUNE_MODES = ("none", "last-layer")
+CROP_POSITIONS = ("random", "corner")
 PRETRAINED_FORMATS = ("auto", "ours", "released")
 
 
@@ -81,6 +82,9 @@ class TrainConfig:
         crop_scales: training multi-scale crop scales (fractions of the short side); None keeps the paper's five
             scales 1 .. 1/2 (:data:`training.data.config.MULTISCALE`). A knob for CPU demos and tests on small
             frames, e.g. ``(1.0,)``: at 48 px a half-side crop often misses the moving object altogether.
+        crop_position: where a training crop is placed: ``random`` (any position; what the released training
+            scripts ran with, ``--train_crop random``) or ``corner`` (one of the centre and four corners, the
+            released code's default ``MultiScaleCornerCrop``).
         loader_workers: DataLoader worker processes per training worker (0: decode in the training process).
         seed: seeds model init, the loader's sampling and dropout.
         val_every: validate (one centre clip per video) every N epochs; the plateau schedule steps on it.
@@ -106,6 +110,9 @@ class TrainConfig:
             worker, averaged over the workers (0: off; :mod:`training.precise_bn`).
         ema: decay of an exponential moving average of the weights and BatchNorm buffers, updated every step
             and used for validation and the final evaluation (0: off; :mod:`training.ema`).
+        sync_bn: normalise every training step with the BatchNorm statistics of the global batch (all
+            workers together) instead of each worker's share; works on CPU/gloo as well as GPUs
+            (:mod:`training.sync_bn`). Off by default, as in the paper's code.
         cache_dir: local shard cache for shards on object storage (shared by the processes of a node, least
             recently used shards evicted); None: clips are read by ranges every epoch.
         cache_gb: the cache's size cap in GB; a split larger than the cap is read by ranges (never filled).
@@ -136,6 +143,7 @@ class TrainConfig:
     clip_len: int = 16
     size: int = 112
     crop_scales: tuple[float, ...] | None = None
+    crop_position: str = field(default="random", metadata={"choices": CROP_POSITIONS})
     loader_workers: int = 2
     seed: int = 0
     val_every: int = 1
@@ -153,6 +161,7 @@ class TrainConfig:
     profile_steps: int = 0
     precise_bn: int = 0
     ema: float = 0.0
+    sync_bn: bool = False
     cache_dir: str | None = None
     cache_gb: float = 100.0
 
@@ -249,7 +258,7 @@ class TrainConfig:
 
         kw: dict[str, Any] = {"clip_len": self.clip_len, "size": self.size, "num_workers": self.loader_workers,
                               "seed": self.seed, "batch_size": self.batch_size, "cache_dir": self.cache_dir,
-                              "cache_gb": self.cache_gb}
+                              "cache_gb": self.cache_gb, "crop_position": self.crop_position}
         if self.crop_scales:
             kw["scales"] = self.crop_scales
         return LoaderConfig.for_dataset(self.dataset, mode, **{**kw, **overrides})

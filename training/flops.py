@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from training.models import BASELINES, REFERENCE_INPUT, TABLE8, Table8Entry, get_model
+from training.models.common import MaxPool3d
 
 InputShape = Sequence[int]
 
@@ -104,6 +105,7 @@ PAPER_RULES: dict[type[nn.Module], Callable[..., int]] = {
     nn.ReLU: _activation,
     nn.ReLU6: _activation,
     nn.MaxPool3d: _maxpool,
+    MaxPool3d: _maxpool,  # the models' faster-on-CPU subclass (training.models.common), counted as the original
     nn.AvgPool3d: _avgpool,
     nn.AdaptiveAvgPool3d: _adaptive_avgpool,
     nn.Linear: _linear,

@@ -69,6 +69,7 @@ from training.models import get_entry, get_model
 from training.observe import Meter, Observer, maybe_profile
 from training.precise_bn import update_bn_stats
 from training.schedule import scaled_lr, warmup_cosine
+from training.sync_bn import convert_sync_bn
 
 CHECKPOINT_FILE = "checkpoint.pt"
 #: ``kind`` of the checkpoint an epoch end writes before validating (reported with :data:`PENDING_SCORE`, below
@@ -299,6 +300,8 @@ class Member:
         ``cfg.lr_scaling``), schedule and, with ``cfg.ema``, the moving average of the weights."""
         torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
         raw, pretrained_conv, described = build_model(cfg, num_classes)
+        if cfg.sync_bn:
+            convert_sync_bn(raw)  # before freezing: frozen_norms must name the layers that stay in the model
         frozen_norms: list[nn.Module] = []
         if cfg.finetune == "last-layer":
             head = head_keys(cfg.model, **_builder_kwargs(cfg))

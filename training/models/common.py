@@ -41,6 +41,50 @@ def conv_bn_act(
     )
 
 
+class _MaxPoolViaChannelsLast(torch.autograd.Function):
+    """Max pooling of a contiguous CPU tensor computed in ``channels_last_3d`` (see :class:`MaxPool3d`); the
+    backward scatters the gradient to the argmax positions, as the native kernel does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: Size3, stride: Size3, padding: Size3) -> torch.Tensor:  # noqa: ANN001
+        y, idx = F.max_pool3d(x.contiguous(memory_format=torch.channels_last_3d), kernel, stride, padding,
+                              return_indices=True)
+        ctx.save_for_backward(idx)  # flat positions in each (n, c) volume: the same meaning in every layout
+        ctx.in_shape = x.shape
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        (idx,) = ctx.saved_tensors
+        n, c = ctx.in_shape[:2]
+        planes = n * c
+        gx = grad.new_zeros(planes, ctx.in_shape[2:].numel())
+        gx.scatter_add_(1, idx.reshape(planes, -1), grad.reshape(planes, -1))
+        return gx.view(ctx.in_shape), None, None, None
+
+
+class MaxPool3d(nn.MaxPool3d):
+    """``nn.MaxPool3d`` (same arguments, same results) that is faster on contiguous CPU tensors.
+
+    PyTorch's CPU max pooling kernel for contiguous ``(N, C, T, H, W)`` input is ~10x slower than its
+    ``channels_last_3d`` kernel: ShuffleNetV2 0.25x's stem pool on 8 clips of 16x48x48 took 14 ms of a 69 ms
+    training step; converting to ``channels_last_3d``, pooling and converting back takes ~5 ms. The maximum is
+    the same number in every layout, so outputs are identical; the gradient goes to the same argmax positions
+    (summed where windows overlap, so it can differ from the native kernel in the last bit). Everywhere else
+    (GPU, channels-last input, tracing for export) this is ``nn.MaxPool3d`` itself. A subclass, so that state
+    dicts, ``isinstance`` checks and the paper's FLOP counter (:mod:`training.flops`) treat it as the original.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 5 or not x.is_contiguous() or self.return_indices or self.ceil_mode
+                or self.dilation not in (1, (1, 1, 1)) or torch.jit.is_tracing() or torch.jit.is_scripting()):
+            return super().forward(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _MaxPoolViaChannelsLast.apply(x, self.kernel_size, self.stride, self.padding)
+        return F.max_pool3d(x.contiguous(memory_format=torch.channels_last_3d), self.kernel_size, self.stride,
+                            self.padding).contiguous()
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave the channels of ``groups`` groups: ``(N, g*c, T, H, W)`` -> same shape, channel ``i*c+j``
     moves to ``j*g+i``.  Parameter-free; not counted as FLOPs (the released counter did not see it either).

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models.common import MaxPool3d
 from training.models.registry import register_model
 
 Shortcut = Literal["A", "B"]
@@ -135,7 +136,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         # A (3, 3, 3) tuple, as upstream: the paper's FLOP counter then counts 26 ops per output (unlike the
         # int-sized pools of the efficient models, see training/models/README.md).
-        self.maxpool = nn.MaxPool3d(kernel_size=(3, 3, 3), stride=2, padding=1)
+        self.maxpool = MaxPool3d(kernel_size=(3, 3, 3), stride=2, padding=1)
         in_channels = 64
         for index, (planes, blocks) in enumerate(zip(config.planes, config.layers, strict=True), start=1):
             stride = 1 if index == 1 else 2

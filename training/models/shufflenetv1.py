@@ -14,6 +14,7 @@ from torch import nn
 
 from training.models.common import (
     STEM_STRIDE,
+    MaxPool3d,
     channel_shuffle,
     conv_bn_act,
     dropout_linear_head,
@@ -128,7 +129,7 @@ class ShuffleNetV1(nn.Module):
         self.conv1 = conv_bn_act(3, stem, 3, STEM_STRIDE)
         # kernel_size stays the int 3 (not (3, 3, 3)): the paper's FLOP counter then counts 2 ops per output,
         # a quirk its MFLOPs depend on (see training/models/README.md).
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = MaxPool3d(kernel_size=3, stride=2, padding=1)
         in_channels = stem
         for index, (out_channels, repeats) in enumerate(zip(stages, STAGE_REPEATS, strict=True), start=1):
             blocks = []

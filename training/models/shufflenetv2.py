@@ -13,6 +13,7 @@ from torch import nn
 
 from training.models.common import (
     STEM_STRIDE,
+    MaxPool3d,
     channel_shuffle,
     conv_bn_act,
     dropout_linear_head,
@@ -115,7 +116,7 @@ class ShuffleNetV2(nn.Module):
         super().__init__()
         self.conv1 = conv_bn_act(3, STEM_CHANNELS, 3, STEM_STRIDE)
         # int kernel_size on purpose: the paper's FLOP counter counts an int-sized max-pool as 2 ops/output.
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = MaxPool3d(kernel_size=3, stride=2, padding=1)
         blocks: list[nn.Module] = []
         in_channels = STEM_CHANNELS
         for out_channels, repeats in zip(config.stage_channels, STAGE_REPEATS, strict=True):

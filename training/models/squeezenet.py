@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from training.models.common import MaxPool3d
 from training.models.registry import register_model
 
 
@@ -77,9 +78,9 @@ VERSIONS: dict[str, SqueezeNetConfig] = {
 }
 
 
-def _maxpool() -> nn.MaxPool3d:
+def _maxpool() -> MaxPool3d:
     # int kernel_size on purpose: the paper's FLOP counter counts an int-sized max-pool as 2 ops per output.
-    return nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+    return MaxPool3d(kernel_size=3, stride=2, padding=1)
 
 
 class Fire(nn.Module):
