@@ -3,25 +3,29 @@
 The data are ``make demo``'s training set (synthetic Jester, 4 motion directions, 60 videos per class per
 split, 48 px short side); the model and clips are the demo's (ShuffleNetV2 0.25x, 16x48x48, global batch
 16, full-short-side crops: ``pipeline.demo.TRAIN_BASE``). Recipes (every other setting is the paper's,
-:meth:`TrainConfig.for_dataset`), all for the same number of epochs:
+:meth:`TrainConfig.for_dataset`), all for the same number of epochs (``--epochs``, default the demo's 80):
 
 * ``paper``: lr 0.1, ReduceLROnPlateau on the validation loss (the paper's recipe);
+* ``constant``: constant lr 0.08 and nothing else (``tests/test_learns.py``'s recipe);
 * ``stable``: precise BN over 8 batches before each validation and the final evaluation, 3 warm-up epochs
   from lr/10 then a step-wise cosine to 0, peak lr 0.16;
 * ``stable-ema``: ``stable`` plus an EMA of the weights (decay 0.99) used for validation and evaluation;
 * ``constant-pbn-ema``: the demo's recipe (``pipeline.demo.STABLE_RECIPE``): constant lr 0.08 with precise BN
-  over 8 batches and the EMA (0.99).
+  over 8 batches and the EMA (0.99), validating every 3rd epoch;
+* ``constant-pbn-ema-corner``, ``constant-pbn-ema-sync``: the demo's recipe with training crops at the centre
+  or a corner (the released code's default placement) / with BatchNorm synchronised over the workers.
 
 Each recipe runs for every seed and every worker count as one Ray Train run (DDP over gloo on CPU) and the
 script prints, per recipe and worker count, held-out video top-1 (the final evaluation: Jester's protocol, the
 middle window of every validation video; before 2026-12-01 it averaged every window) mean / min / max over the
 seeds and the first epoch at which each run's validation video top-1 reached 0.9::
 
-    python bench/bench_learning.py                                   # 3 recipes x 3 seeds x 1, 2 workers
-    python bench/bench_learning.py --recipes stable --workers 2 --seeds 0,1,2
+    python bench/bench_learning.py --recipes paper,constant-pbn-ema --workers 2 --seeds 0,1,2
+    python bench/bench_learning.py --in-process --recipes constant-pbn-ema --workers 1   # 1 worker, no Ray
 
 The per-run results are appended to ``--out``/results.jsonl, and runs already there are skipped, so an
-interrupted benchmark continues where it stopped.
+interrupted benchmark continues where it stopped. Which epochs validate changes nothing about the weights
+(validation, precise BN and the EMA only read them), and a run's result does not depend on the machine's load.
 """
 
 from __future__ import annotations

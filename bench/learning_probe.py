@@ -9,6 +9,10 @@ contiguous memory format; the project's own loader, ``training.precise_bn``, ``t
 clips, validation loss, last training loss) and a JSON summary per seed::
 
     python bench/learning_probe.py '{"seeds": [0], "lr": 0.08, "sched": "cosine", "warm": 3, "pbn": 8, "tag": "x"}'
+
+Keys (all optional): seeds, epochs, lr, sched (constant | cosine; constant with warm > 0 warms up then holds),
+warm (epochs), pbn (precise-BN batches), ema (decay), bs (batch), opt (sgd | adamw), wd, damp (SGD dampening),
+val_every, head_mult (classifier lr factor), T (frames per clip), S (crop side, px), tag, root.
 """
 import json
 import sys

@@ -2,10 +2,12 @@
 
 Synthetic Jester (4 classes: Swiping Left/Right/Up/Down, which differ only by the direction a randomly
 coloured, textured patch moves over a noisy textured background) → the real preprocessing (48 px short side,
-stored at stride 2) → ``train_loop`` called directly (no Ray) → held-out validation videos. Figures measured on 2
-CPU cores (see the test body for the settings): held-out video top-1 ~0.7-0.8 against 0.25 chance, in ~2
-minutes all told. Played backwards the same validation clips are classified as the opposite direction, so the
-model uses frame order, not appearance.
+stored at stride 2) → ``train_loop`` called directly (no Ray) → held-out validation videos. This recipe (constant
+lr 0.08, 45 epochs, 1 worker) gave held-out video top-1 0.913, 0.929, 0.917 for seeds 0, 1, 2 (Jester's protocol,
+chance 0.25; ``bench/bench_learning.py --in-process --recipes constant --workers 1 --epochs 45``, 2026-12-01); the
+test trains seed 0 (~2 minutes on 2 cores) and asserts 0.75, 0.16 below the smallest of the three. Played
+backwards the same validation clips are classified as the opposite direction, so the model uses frame order, not
+appearance.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ def test_small_cpu_model_learns_motion_direction_on_held_out_videos(tmp_path):
     m = train_loop(cfg)
     assert m["status"] == "finished"
     chance = 1 / CLASSES
-    # Held-out videos (every window of every validation video, centre crop), well above chance.
+    # Held-out videos (Jester's protocol: the middle window of every validation video, centre crop).
     assert m["eval_videos"] == CLASSES * VIDEOS_PER_CLASS
-    assert m["eval_video_top1"] >= 0.6, m
+    assert m["eval_video_top1"] >= 0.75, m
 
     # The same model on the same held-out clips played backwards: it sees the opposite swipe, so it scores far
     # below chance on the true labels and well above chance on the time-reversed ones.
