@@ -44,6 +44,7 @@ from preprocess.run import preprocess
 from preprocess.synth import generate
 
 COSINE = {"lr": 0.16, "schedule": "cosine", "warmup_epochs": 3, "precise_bn": 8}
+DEMO = {k: v for k, v in STABLE_RECIPE.items() if k != "epochs"}  # the budget is --epochs
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"lr": 0.1, "schedule": "plateau"},
     # tests/test_learns.py's recipe: constant lr 0.08, nothing else
@@ -51,12 +52,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "stable": COSINE,
     "stable-ema": {**COSINE, "ema": 0.99},
     # the demo's recipe (pipeline.demo.STABLE_RECIPE): constant lr 0.08, precise BN and the EMA
-    "constant-pbn-ema": {k: v for k, v in STABLE_RECIPE.items() if k != "epochs"},
+    "constant-pbn-ema": DEMO,
     # the same with training crops at the centre or a corner (the released code's default placement)
-    "constant-pbn-ema-corner": {**{k: v for k, v in STABLE_RECIPE.items() if k != "epochs"},
-                                "crop_position": "corner"},
+    "constant-pbn-ema-corner": {**DEMO, "crop_position": "corner"},
     # the same with BatchNorm statistics synchronised over the workers (training.sync_bn)
-    "constant-pbn-ema-sync": {**{k: v for k, v in STABLE_RECIPE.items() if k != "epochs"}, "sync_bn": True},
+    "constant-pbn-ema-sync": {**DEMO, "sync_bn": True},
 }
 
 

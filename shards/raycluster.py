@@ -25,6 +25,13 @@ LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
 RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
+def apply_ray_train_env() -> None:
+    """Put :data:`RAY_TRAIN_ENV` into this process's environment, keeping any value the user set: call it before
+    starting a Ray whose workers should inherit it."""
+    for key, value in RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to ``address`` (or ``RAY_ADDRESS``), else start an embedded local Ray with ``num_cpus`` CPUs
     (default: all), no dashboard and worker output forwarded to this process.
@@ -38,8 +45,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     # Ray Train's print patch sends each line a training worker prints both to stdout and through a logger:
     # every line reached the console twice. Workers of an embedded Ray inherit this.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    for key, value in RAY_TRAIN_ENV.items():
-        os.environ.setdefault(key, value)
+    apply_ray_train_env()
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")

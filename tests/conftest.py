@@ -40,10 +40,9 @@ def ray_local(s3_endpoint):
     workers see the session's S3 endpoint (:func:`s3_endpoint`)."""
     import ray
 
-    from shards.raycluster import RAY_TRAIN_ENV
+    from shards.raycluster import apply_ray_train_env
 
-    for key, value in RAY_TRAIN_ENV.items():  # as init_ray sets them for the embedded Ray it starts
-        os.environ.setdefault(key, value)
+    apply_ray_train_env()  # as init_ray does for the embedded Ray it starts
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -83,3 +84,10 @@ def jester_shards(base: Path, *, num_classes: int, videos_per_class: int, seed: 
     preprocess(PreprocessConfig(dataset="jester", src=str(base / "src"), out=str(out), short_side=32,
                                 shard_size=shard_size, progress=False), executor=run_tasks_local)
     return str(out)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a process group or a Ray head)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

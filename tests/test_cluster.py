@@ -11,7 +11,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from cluster.configs import ClusterConfigError, kuberay_problems, launcher_probl
 from pipeline.cli import build_parser
 from preprocess.synth import SynthConfig, generate
 from shards.manifest import verify
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -286,12 +285,6 @@ def test_documented_cluster_commands_name_real_files_and_parse(doc):
 # A real head on loopback: `ray submit`'s command and the Jobs API
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _status(url: str, token: str | None = None) -> int:
     """The HTTP status of a GET (0 when nothing answers); ``token`` goes in an ``Authorization: Bearer`` header."""
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -317,7 +310,7 @@ def head(tmp_path_factory):
     arrange. Torn down with SIGKILL to its process group — never `ray stop`, which would stop every Ray on
     this machine.
     """
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     temp_dir = f"/tmp/e3dhead2-{os.getpid()}"  # short: Ray's unix socket paths break when it is long
     token = secrets.token_hex(32)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
@@ -329,7 +322,7 @@ def head(tmp_path_factory):
         proc = subprocess.Popen(
             [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=1",
-             f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+             f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
              f"--temp-dir={temp_dir}"],
             stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:

@@ -149,9 +149,9 @@ def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_gradients_are_laid_out_like_channels_last_parameters(tmp_path):
-    from tests.test_train import _free_port
+    from tests.helpers import free_port
 
-    torch.multiprocessing.spawn(_ddp_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
     for rank in range(2):
         wrong, warned, total = map(int, (tmp_path / f"rank{rank}.txt").read_text().split())
         assert total > 100 and wrong == 0 and warned == 0

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from shards import strict_json
-from tests.test_train import TINY, _free_port, _weights, tiny_cfg, tiny_shards  # noqa: F401  (session fixture)
+from tests.helpers import free_port
+from tests.test_train import TINY, _weights, tiny_cfg, tiny_shards  # noqa: F401  (session fixture)
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.evaluate import NonFiniteEvalError, evaluate, evaluate_checkpoint, expected_clips
@@ -262,7 +263,7 @@ def test_resume_at_an_epoch_boundary_with_another_world_size(tiny_shards, tmp_pa
     cfg = tiny_cfg(tiny_shards, out, epochs=1, final_eval=False)
     train_loop(cfg)  # world size 1: 3 steps of 4 clips
     res = tmp_path / "r.json"
-    torch.multiprocessing.spawn(_train_rank, args=(2, _free_port(), cfg.replace(epochs=2).to_dict(), str(res)),
+    torch.multiprocessing.spawn(_train_rank, args=(2, free_port(), cfg.replace(epochs=2).to_dict(), str(res)),
                                 nprocs=2, join=True)
     result = json.loads(res.read_text())
     # Two ranks of 2 clips: the loader re-derived epoch 2's plan for the new world size (3 steps of 2 × 2).
@@ -275,7 +276,7 @@ def test_resume_at_an_epoch_boundary_with_another_world_size(tiny_shards, tmp_pa
     mid = tiny_cfg(tiny_shards, tmp_path / "mid", epochs=2, final_eval=False, checkpoint_every_steps=2)
     with pytest.raises(RuntimeError, match="injected fault at step 5"):
         train_loop(mid, hooks=RaiseAt(5))
-    torch.multiprocessing.spawn(_train_rank, args=(2, _free_port(), mid.to_dict(), str(res)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_train_rank, args=(2, free_port(), mid.to_dict(), str(res)), nprocs=2, join=True)
     error = json.loads(res.read_text())["error"]
     assert "cannot resume mid-epoch" in error and "world_size 1 → 2" in error
 

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.test_precise_bn import _free_port
+from tests.helpers import free_port
 from tests.test_train import tiny_shards  # noqa: F401  (session fixture)
 from training.config import TrainConfig
 from training.models import get_model
@@ -69,7 +69,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_compute_what_one_process_computes_on_the_whole_batch(tmp_path) -> None:
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
 
     x, target = _data()

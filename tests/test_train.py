@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.helpers import NanAt, RaiseAt, jester_shards
+from tests.helpers import NanAt, RaiseAt, free_port, jester_shards
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import ClipLoader, ClipNormalizer, ClipStream, LoaderConfig, normalization_for, shard_specs
@@ -365,14 +365,6 @@ def _eval_rank(rank: int, world: int, shards: str, model_path: str, port: int, o
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_distributed_eval_counts_every_window_exactly_once(tiny_shards, tmp_path):
     torch.manual_seed(0)
@@ -381,7 +373,7 @@ def test_distributed_eval_counts_every_window_exactly_once(tiny_shards, tmp_path
     results = {}
     for world in (1, 2):
         out = tmp_path / f"r{world}.json"
-        torch.multiprocessing.spawn(_eval_rank, args=(world, tiny_shards, str(tmp_path / "m.pt"), _free_port(),
+        torch.multiprocessing.spawn(_eval_rank, args=(world, tiny_shards, str(tmp_path / "m.pt"), free_port(),
                                                       str(out)), nprocs=world, join=True)
         results[world] = json.loads(out.read_text())
     lcfg = LoaderConfig.for_dataset("jester", "eval", clip_len=4, size=32, batch_size=3)
